@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install the system packages the local Kafka broker needs (Debian/Ubuntu), only if missing:
+#   - openjdk-17-jre-headless  when `java` is absent or older than 17
+#   - maven                    when `mvn` is absent (fetches the broker jars, deploy/kafka/pom.xml)
+# Idempotent: does nothing (not even `apt-get update`) when both are already there.
+# Works as root, or as a user with sudo.
+set -euo pipefail
+
+log() { printf '[install-system] %s\n' "$*" >&2; }
+
+java_major() {
+    # Prints the major version of `java` on PATH (e.g. 17), or nothing.
+    command -v java >/dev/null 2>&1 || return 0
+    java -XshowSettings:properties -version 2>&1 \
+        | awk -F'= ' '/java.specification.version/ {print $2; exit}' \
+        | sed -E 's/^1\.//; s/[^0-9].*$//'
+}
+
+packages=()
+
+major="$(java_major || true)"
+if [[ -z "${major}" || "${major}" -lt 17 ]]; then
+    log "java ${major:-missing}: need 17+, will install openjdk-17-jre-headless"
+    packages+=(openjdk-17-jre-headless)
+else
+    log "java ${major} found"
+fi
+
+if ! command -v mvn >/dev/null 2>&1; then
+    log "mvn missing: will install maven"
+    packages+=(maven)
+else
+    log "mvn found"
+fi
+
+if [[ ${#packages[@]} -eq 0 ]]; then
+    log "nothing to install"
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    log "apt-get not available; install manually: ${packages[*]}"
+    exit 1
+fi
+
+SUDO=()
+if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo -n)
+        if ! sudo -n true 2>/dev/null; then
+            SUDO=(sudo)  # may prompt for a password on an interactive terminal
+        fi
+    else
+        log "not root and sudo not available; install manually: ${packages[*]}"
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+log "apt-get update"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+log "apt-get install ${packages[*]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+
+major="$(java_major || true)"
+if [[ -z "${major}" || "${major}" -lt 17 ]]; then
+    # Another (older) java may still win on PATH; point at the 17 we just installed.
+    log "warning: 'java' on PATH is ${major:-missing}; openjdk 17 is under /usr/lib/jvm/java-17-*"
+fi
+command -v mvn >/dev/null 2>&1 || { log "mvn still missing after install"; exit 1; }
+log "done"

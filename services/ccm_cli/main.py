@@ -1,0 +1,113 @@
+"""``ccm-tally``: one entry point, one subcommand per thing a person does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from ccm_core.config import load_config
+from ccm_core.contracts import Outcome
+from ccm_core.ingest import LocalTally
+from ccm_core.schemas import all_schemas
+from ccm_core.tally import TallyEngine
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profiles", type=Path, help="extra payer profiles (TOML)")
+    parser.add_argument("--practices", type=Path, help="practice settings (TOML)")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    engine = TallyEngine(load_config(args.profiles, args.practices))
+    tally = LocalTally(engine)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    counts = {"threshold": 0, "billing_record": 0, "rejected": 0}
+    try:
+        with open(args.events, "rb") as src:
+            for output in tally.feed_lines(src, name=str(args.events)):
+                counts[output.kind] += 1
+                out.write(output.to_json() + "\n")
+        if not args.no_close:
+            as_of = args.as_of or tally.latest or datetime.fromisoformat("1970-01-01T00:00:00Z")
+            for output in tally.close_all(as_of):
+                counts[output.kind] += 1
+                out.write(output.to_json() + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    seen = sum(tally.outcomes.values())
+    parts = ", ".join(f"{o.value} {tally.outcomes[o]}" for o in Outcome)
+    print(
+        f"replay: {seen} events ({parts}); emitted {counts['threshold']} threshold events, "
+        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_schema_export(args: argparse.Namespace) -> int:
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for name, schema in all_schemas().items():
+        path = args.dir / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(path)
+    return 0
+
+
+def _run_module(module: str, function: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    entry = getattr(importlib.import_module(module), function)
+    result: int = entry(args)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccm-tally",
+        description="Complex CCM (CPT 99487/99489) time tally: stream worker, replay, tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    replay = sub.add_parser(
+        "replay", help="run a JSONL file of input events through the core, no broker"
+    )
+    replay.add_argument("events", type=Path, help="JSON lines of time_logged / time_log_voided")
+    replay.add_argument("--out", type=Path, help="write outputs here instead of stdout")
+    replay.add_argument(
+        "--as-of",
+        type=datetime.fromisoformat,
+        help="close time written on records (default: latest recorded_at in the input)",
+    )
+    replay.add_argument("--no-close", action="store_true", help="do not close months at the end")
+    _config_args(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    schema = sub.add_parser("schema", help="JSON Schema of the wire formats")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    export = schema_sub.add_parser("export", help="write one .schema.json per format into DIR")
+    export.add_argument("dir", type=Path)
+    export.set_defaults(func=cmd_schema_export)
+
+    try:
+        from ccm_worker.cli import add_commands
+    except ImportError:  # pragma: no cover - the worker is part of the distribution
+        pass
+    else:
+        add_commands(sub, _config_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Compact, versioned serialisation of a :class:`PatientLedger` (the changelog value).
+
+Positional JSON arrays rather than objects: a patient-month with twenty logs stays a few KB on
+the changelog and decodes without per-field key look-ups. ``v`` guards the layout; a reader
+refuses a layout it does not know rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .contracts import Activity, Role, VoidReason
+from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry
+
+LAYOUT_VERSION = 1
+
+
+def _log(e: LogEntry) -> list[Any]:
+    return [
+        e.event_id,
+        e.fingerprint,
+        e.start,
+        e.end,
+        e.staff_id,
+        e.staff_name,
+        e.role.value,
+        e.credentials,
+        e.licensed,
+        e.activity.value,
+        e.agency_contacted,
+        e.excluded_by,
+        e.voided_by,
+        e.void_reason.value if e.void_reason else None,
+    ]
+
+
+def _unlog(a: list[Any]) -> LogEntry:
+    return LogEntry(
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        Role(a[6]),
+        a[7],
+        a[8],
+        Activity(a[9]),
+        a[10],
+        a[11],
+        a[12],
+        VoidReason(a[13]) if a[13] else None,
+    )
+
+
+def _month(m: MonthTally) -> list[Any]:
+    return [
+        m.practice_id,
+        m.service_month,
+        m.payer,
+        m.profile_version,
+        m.time_zone,
+        [_log(e) for e in m.logs.values()],
+        m.qualifying_seconds,
+        m.level,
+        list(m.reached.items()),
+        list(m.revoked.items()),
+        [list(r) for r in m.rejected],
+        m.revision,
+        m.record_digest,
+    ]
+
+
+def _unmonth(a: list[Any]) -> MonthTally:
+    logs = [_unlog(x) for x in a[5]]
+    m = MonthTally(
+        practice_id=a[0],
+        service_month=a[1],
+        payer=a[2],
+        profile_version=a[3],
+        time_zone=a[4],
+        logs={e.event_id: e for e in logs},
+        qualifying_seconds=a[6],
+        level=a[7],
+        reached={int(k): v for k, v in a[8]},
+        revoked={int(k): v for k, v in a[9]},
+        rejected=[(r[0], r[1], r[2]) for r in a[10]],
+        revision=a[11],
+        record_digest=a[12],
+    )
+    m.intervals = sorted((e.start, e.end) for e in logs if e.counted)
+    return m
+
+
+def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
+    return {
+        "v": LAYOUT_VERSION,
+        "p": ledger.patient_id,
+        "m": [_month(m) for m in ledger.months.values()],
+        "vo": [
+            [
+                v.event_id,
+                v.fingerprint,
+                v.practice_id,
+                v.voided_event_id,
+                v.reason.value,
+                v.recorded_at,
+            ]
+            for v in ledger.voids.values()
+        ],
+        "pe": list(ledger.pending.items()),
+    }
+
+
+def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
+    if data.get("v") != LAYOUT_VERSION:
+        raise ValueError(f"unknown ledger layout {data.get('v')!r}")
+    ledger = PatientLedger(data["p"])
+    for raw in data["m"]:
+        month = _unmonth(raw)
+        ledger.months[(month.practice_id, month.service_month)] = month
+    ledger.voids = {
+        v[0]: VoidEntry(v[0], v[1], v[2], v[3], VoidReason(v[4]), v[5]) for v in data["vo"]
+    }
+    ledger.pending = dict(data["pe"])
+    ledger.reindex()
+    return ledger
+
+
+def dumps(ledger: PatientLedger) -> bytes:
+    return json.dumps(ledger_to_dict(ledger), separators=(",", ":")).encode()
+
+
+def loads(raw: bytes) -> PatientLedger:
+    return ledger_from_dict(json.loads(raw))

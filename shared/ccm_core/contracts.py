@@ -1,0 +1,414 @@
+"""Wire contracts: every message ccm-tally reads or writes, as versioned pydantic v2 models.
+
+Inputs (topic ``ccm.timelog.v1``): :class:`TimeLogged`, :class:`TimeLogVoided`.
+Control (topic ``ccm.month-close.v1``): :class:`MonthCloseCommand`.
+Outputs: :class:`ThresholdEvent` (``ccm.threshold.v1``), :class:`BillingRecord`
+(``ccm.billing-record.v1``), :class:`RejectedInput` (``ccm.timelog.dlq.v1``), each wrapped in a
+CloudEvents-style :class:`Envelope` whose ``id`` is deterministic.
+
+Validation failures carry a *reason code* (:class:`Reason`) so that a rejected input can be
+routed, counted and explained. Custom validators raise ``PydanticCustomError`` whose error type
+*is* the reason code; :func:`reason_from_validation_error` maps pydantic's own error types.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+SCHEMA_VERSION = 1
+
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^\S+$"),
+]
+"""An opaque id (event, patient, practice, staff): 1-128 characters without white space."""
+
+ServiceMonth = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+"""A calendar month, ``YYYY-MM``, in the practice's local time zone."""
+
+FreeText = Annotated[str, StringConstraints(max_length=4000)]
+
+
+class Role(StrEnum):
+    """Who did the work. Licensure is carried separately, on the log (``licensed``)."""
+
+    PHYSICIAN = "physician"
+    NP = "np"  # nurse practitioner
+    PA = "pa"  # physician assistant
+    CNS = "cns"  # clinical nurse specialist
+    RN = "rn"
+    LPN = "lpn"
+    MA = "ma"  # medical assistant
+    CHW = "chw"  # community health worker
+    PHARMACIST = "pharmacist"
+    SOCIAL_WORKER = "social_worker"
+    DIETITIAN = "dietitian"
+    CARE_COORDINATOR = "care_coordinator"
+
+
+NEVER_LICENSED_ROLES: frozenset[Role] = frozenset({Role.MA, Role.CHW, Role.CARE_COORDINATOR})
+"""Roles that hold no state licence; a log claiming ``licensed: true`` for them is contradictory."""
+
+
+class Activity(StrEnum):
+    """The nature of the work (rules file, section 2 and 3). Payer profiles say which count."""
+
+    # care coordination that counts under every profile
+    HOME_HEALTH_COORDINATION = "home_health_coordination"
+    DME_COORDINATION = "dme_coordination"
+    SPECIALIST_COORDINATION = "specialist_coordination"
+    COMMUNITY_AGENCY_COORDINATION = "community_agency_coordination"
+    MEDICATION_RECONCILIATION = "medication_reconciliation"
+    CARE_PLAN = "care_plan"
+    CAREGIVER_COMMUNICATION = "caregiver_communication"
+    PATIENT_EDUCATION = "patient_education"
+    RESOURCE_RESEARCH = "resource_research"
+    FORMS_COMPLETION = "forms_completion"
+    PORTAL_CONVERSATION = "portal_conversation"
+    # activities some or all payers do not count
+    PRIOR_AUTHORIZATION = "prior_authorization"
+    BENEFIT_CHECK = "benefit_check"
+    DOCUMENTATION = "documentation"
+    GAP_REMINDER = "gap_reminder"
+    CHART_PREP = "chart_prep"
+    EMAIL = "email"
+
+
+class Reason(StrEnum):
+    """Why an input was rejected (dead-lettered). Stable codes: consumers may switch on them."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    UNKNOWN_ACTIVITY = "unknown_activity"
+    UNKNOWN_ROLE = "unknown_role"
+    TIMESTAMP_WITHOUT_OFFSET = "timestamp_without_offset"
+    NON_POSITIVE_MINUTES = "non_positive_minutes"
+    MISSING_DURATION = "missing_duration"
+    END_BEFORE_START = "end_before_start"
+    MINUTES_END_MISMATCH = "minutes_end_mismatch"
+    INCONSISTENT_LICENSURE = "inconsistent_licensure"
+    DURATION_EXCEEDS_BOUND = "duration_exceeds_bound"
+    PAST_TIMELY_FILING = "past_timely_filing"
+    RECORDED_BEFORE_SERVICE = "recorded_before_service"
+    UNKNOWN_PAYER_PROFILE = "unknown_payer_profile"
+    UNKNOWN_PRACTICE = "unknown_practice"
+    EVENT_ID_CONFLICT = "event_id_conflict"
+    PAYER_CONFLICT = "payer_conflict"
+    PRACTICE_MISMATCH = "practice_mismatch"
+    KEY_MISMATCH = "key_mismatch"
+
+
+class Outcome(StrEnum):
+    """What became of one input event. Every input ends as exactly one of these."""
+
+    COUNTED = "counted"
+    EXCLUDED = "excluded"
+    DUPLICATE = "duplicate"
+    VOIDED = "voided"
+    REJECTED = "rejected"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+class TimeLogged(_Wire):
+    """A clinical-staff member spent time on a patient's care coordination."""
+
+    event_type: Literal["time_logged"] = "time_logged"
+    schema_version: Literal[1] = 1
+    event_id: Identifier = Field(
+        description="Idempotency key; unique per log, the same on redelivery."
+    )
+    patient_id: Identifier
+    practice_id: Identifier
+    payer: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
+        description="Payer profile of the patient: cms, bcbsm, priority_health, medicaid, or any "
+        "profile added as data.",
+    )
+    staff_id: Identifier
+    staff_name: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        default=None, description="Care-team member's name, for the claim's documentation."
+    )
+    role: Role
+    credentials: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="e.g. 'RN, BSN'; carried to the billing record."
+    )
+    licensed: bool
+    activity: Activity
+    start: AwareDatetime = Field(description="Start of the work, ISO 8601 with a UTC offset.")
+    minutes: int | None = Field(default=None, gt=0, description="Duration; or give `end`.")
+    end: AwareDatetime | None = Field(default=None, description="End of the work; or `minutes`.")
+    recorded_at: AwareDatetime = Field(description="When the EHR recorded the log.")
+    agency_contacted: FreeText | None = Field(
+        default=None, description="Provider or agency contacted. Free text: never logged."
+    )
+    note: FreeText | None = Field(default=None, description="Free text: never logged.")
+
+    @model_validator(mode="after")
+    def _duration(self) -> Self:
+        if self.minutes is None and self.end is None:
+            raise PydanticCustomError(Reason.MISSING_DURATION.value, "give `minutes` or `end`")
+        if self.end is not None:
+            if self.end <= self.start:
+                raise PydanticCustomError(
+                    Reason.END_BEFORE_START.value, "`end` must be after `start`"
+                )
+            if self.minutes is not None and self.end != self.computed_end:
+                raise PydanticCustomError(
+                    Reason.MINUTES_END_MISMATCH.value,
+                    "`minutes` and `end` disagree; give one of them",
+                )
+        if self.licensed and self.role in NEVER_LICENSED_ROLES:
+            raise PydanticCustomError(
+                Reason.INCONSISTENT_LICENSURE.value,
+                "role {role} is never licensed but the log says licensed=true",
+                {"role": self.role.value},
+            )
+        return self
+
+    @property
+    def computed_end(self) -> datetime:
+        if self.minutes is not None:
+            return self.start + timedelta(minutes=self.minutes)
+        assert self.end is not None
+        return self.end
+
+
+class VoidReason(StrEnum):
+    ENTERED_IN_ERROR = "entered_in_error"
+    CORRECTION = "correction"
+    DUPLICATE_ENTRY = "duplicate_entry"
+    WRONG_PATIENT = "wrong_patient"
+    OTHER = "other"
+
+
+class TimeLogVoided(_Wire):
+    """Cancels an earlier log. A correction is a void plus a new log."""
+
+    event_type: Literal["time_log_voided"] = "time_log_voided"
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    patient_id: Identifier
+    practice_id: Identifier
+    voided_event_id: Identifier = Field(description="event_id of the time_logged it cancels.")
+    reason: VoidReason
+    recorded_at: AwareDatetime
+    note: FreeText | None = Field(default=None, description="Free text: never logged.")
+
+
+InputEvent = Annotated[TimeLogged | TimeLogVoided, Field(discriminator="event_type")]
+INPUT_ADAPTER: TypeAdapter[TimeLogged | TimeLogVoided] = TypeAdapter(InputEvent)
+
+
+class MonthCloseCommand(_Wire):
+    """Ops or the worker's own timer asks to close months.
+
+    ``mode="month"`` closes one practice's month now (``practice_id`` and ``service_month``
+    required). ``mode="due"`` closes every open month whose close deadline (local month end
+    plus the practice's grace period) is at or before ``as_of``; the worker's timer sends it.
+    """
+
+    command_type: Literal["month_close"] = "month_close"
+    schema_version: Literal[1] = 1
+    command_id: Identifier
+    mode: Literal["month", "due"] = "month"
+    practice_id: Identifier | None = None
+    service_month: ServiceMonth | None = None
+    as_of: AwareDatetime = Field(description="The close time written to the records.")
+    requested_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Self:
+        if self.mode == "month" and (self.practice_id is None or self.service_month is None):
+            raise PydanticCustomError(
+                Reason.MISSING_FIELD.value,
+                "mode=month needs practice_id and service_month",
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+class ThresholdEvent(_Wire):
+    """A billing threshold was reached, or revoked because voids dropped the total below it."""
+
+    kind: Literal["reached", "revoked"]
+    patient_id: str
+    practice_id: str
+    service_month: str
+    payer: str
+    profile_version: str
+    code: str = Field(description="CPT code: 99487 or 99489.")
+    unit: int = Field(description="1 for 99487; 1, 2, 3 ... for the 99489 add-on units.")
+    threshold_minutes: int = Field(description="Qualifying minutes at which this unit is met.")
+    qualifying_minutes: int = Field(description="The month's qualifying minutes after the event.")
+    triggering_event_id: str = Field(description="The log (or void) that crossed the threshold.")
+    occurrence: int = Field(description="1 the first time this unit is reached/revoked, then 2 …")
+    month_closed: bool = Field(description="True when the month had already closed (late event).")
+
+
+class BillingLine(_Wire):
+    code: str
+    units: int
+
+
+class LogLine(_Wire):
+    """One log of the month, as the claim's documentation needs it (no free-text note)."""
+
+    event_id: str
+    staff_id: str
+    staff_name: str | None
+    role: Role
+    credentials: str | None
+    licensed: bool
+    activity: Activity
+    start: datetime
+    end: datetime
+    minutes: int
+    agency_contacted: str | None
+    status: Literal["counted", "excluded", "voided"]
+    excluded_by: str | None = Field(default=None, description="Rule that excluded it.")
+    voided_by: str | None = Field(default=None, description="event_id of the void.")
+    void_reason: VoidReason | None = None
+
+
+class RejectedLine(_Wire):
+    event_id: str
+    reason: Reason
+    message: str
+
+
+class BillingRecord(_Wire):
+    """Month-close billing record of one patient, practice and local calendar month."""
+
+    record_id: str = Field(description="Same for every revision of this patient-month.")
+    revision: int = Field(description="0 for the first close, then 1, 2 … for re-issues.")
+    patient_id: str
+    practice_id: str
+    service_month: str
+    time_zone: str
+    payer: str
+    profile_version: str
+    billable: bool
+    lines: list[BillingLine]
+    date_of_service: date | None
+    date_of_service_policy: Literal["last_day_of_month", "threshold_met"]
+    qualifying_minutes: int = Field(description="Union of counted intervals, whole minutes.")
+    qualifying_seconds: int
+    counted_log_minutes: int = Field(description="Sum of counted logs, before overlap removal.")
+    overlap_minutes: int = Field(description="counted_log_minutes - qualifying_minutes.")
+    excluded_minutes: int
+    excluded_minutes_by_rule: dict[str, int]
+    minutes_to_next_threshold: int | None
+    contributing_event_ids: list[str] = Field(description="Counted logs, the audit trail.")
+    logs: list[LogLine]
+    rejected: list[RejectedLine]
+    close_trigger: Literal["timer", "command", "late_event", "replay"]
+    closed_at: datetime
+
+
+class RejectedInput(_Wire):
+    """A dead-lettered input: the original bytes, why, and where it came from."""
+
+    reason: Reason
+    message: str = Field(description="Human-readable; never quotes free text from the input.")
+    event_id: str | None = Field(default=None, description="If the input had a readable one.")
+    patient_id: str | None = None
+    original: str = Field(description="The original payload, decoded as UTF-8 with replacement.")
+    original_base64: str | None = Field(
+        default=None, description="The original bytes, when they are not valid UTF-8."
+    )
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class Envelope(_Wire, Generic[DataT]):
+    """CloudEvents 1.0 structured-mode envelope. ``id`` is deterministic: dedupe on it."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = "ccm-tally"
+    type: str
+    subject: str
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: SerializeAsAny[DataT]
+
+
+OUTPUT_TYPES: dict[type[BaseModel], str] = {
+    ThresholdEvent: "org.ccmtally.threshold.v1",
+    BillingRecord: "org.ccmtally.billing-record.v1",
+    RejectedInput: "org.ccmtally.rejected-input.v1",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation errors -> reason codes
+# --------------------------------------------------------------------------------------------
+
+_FIELD_REASONS = {"activity": Reason.UNKNOWN_ACTIVITY, "role": Reason.UNKNOWN_ROLE}
+_REASON_VALUES = {r.value for r in Reason}
+
+
+def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
+    """The reason code and a message naming the field, never echoing input values."""
+    first: Any = err.errors(include_input=False, include_url=False)[0]
+    etype: str = first["type"]
+    loc = [str(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
+    field = ".".join(loc) or "payload"
+    msg = str(first["msg"])
+    if etype in _REASON_VALUES:
+        return Reason(etype), msg
+    if etype == "json_invalid":
+        return Reason.INVALID_JSON, "payload is not valid JSON"
+    if etype in ("model_type", "model_attributes_type", "dict_type"):
+        return Reason.NOT_AN_OBJECT, "payload is not a JSON object"
+    if etype == "union_tag_not_found":
+        return Reason.MISSING_FIELD, "field 'event_type' is required"
+    if etype == "union_tag_invalid":
+        return Reason.UNKNOWN_EVENT_TYPE, "event_type must be 'time_logged' or 'time_log_voided'"
+    if etype == "missing":
+        return Reason.MISSING_FIELD, f"field '{field}' is required"
+    if etype == "string_too_short" and loc:
+        return Reason.MISSING_FIELD, f"field '{field}' is empty"
+    if loc and loc[-1] == "schema_version":
+        return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
+    if etype == "timezone_aware":
+        return Reason.TIMESTAMP_WITHOUT_OFFSET, f"field '{field}' must carry a UTC offset"
+    if loc and loc[-1] in _FIELD_REASONS and etype == "enum":
+        return _FIELD_REASONS[loc[-1]], f"field '{field}': {msg}"
+    if loc and loc[-1] == "minutes" and etype == "greater_than":
+        return Reason.NON_POSITIVE_MINUTES, "field 'minutes' must be greater than 0"
+    return Reason.INVALID_FIELD, f"field '{field}': {msg}"

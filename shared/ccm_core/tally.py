@@ -1,0 +1,664 @@
+"""The tally of one patient: its patient-months, the thresholds they reach, their records.
+
+Pure and synchronous: no I/O, no clock, no Kafka. Time comes in on the events (``recorded_at``)
+and on close commands (``as_of``). The streaming worker keeps one :class:`PatientLedger` per
+patient id in its changelog-backed table and calls :class:`TallyEngine` for each input.
+
+A ledger is mutated in place (a stream applies millions of events; copying state per event
+would cost more than the rule itself) and every call returns the outputs it caused.
+
+Rules implemented here (section numbers of ``domain-rules.md``):
+- 1  thresholds and add-on units from the payer profile (data), revoked when voids drop a total;
+- 2  overlapping intervals count once, across staff (union of intervals, exact to the second);
+- 3  exclusions by role, licensure and activity, each naming the rule that excluded the log;
+- 4  the practice's local calendar month; a log crossing local midnight belongs to its start;
+- 5  identical redelivery counted once, an id reused with other content rejected, voids before
+     or after their log, plausibility bound, timely filing;
+- 6  month-close record with revisions for late logs and voids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import insort
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from .config import CoreConfig, PracticeSettings
+from .contracts import (
+    OUTPUT_TYPES,
+    Activity,
+    BillingLine,
+    BillingRecord,
+    Envelope,
+    LogLine,
+    MonthCloseCommand,
+    Outcome,
+    Reason,
+    RejectedLine,
+    Role,
+    ThresholdEvent,
+    TimeLogged,
+    TimeLogVoided,
+    VoidReason,
+)
+from .months import add_months, close_deadline, last_day, local_date, local_month
+from .profiles import PayerProfile
+
+MonthKey = tuple[str, str]
+"""(practice_id, service_month)"""
+
+CloseTrigger = Literal["timer", "command", "late_event", "replay"]
+OutputKind = Literal["threshold", "billing_record", "rejected"]
+
+
+def stable_id(*parts: object) -> str:
+    """A deterministic id: the same parts always give the same 32 hex characters."""
+    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+
+
+def epoch(moment: datetime) -> int:
+    """Whole seconds since the epoch (floor)."""
+    return int(moment.timestamp() // 1)
+
+
+def fingerprint(event: TimeLogged | TimeLogVoided) -> str:
+    """Content hash: same id + same fingerprint = identical redelivery."""
+    return hashlib.blake2b(event.model_dump_json().encode(), digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """One accepted ``time_logged`` of a patient-month."""
+
+    event_id: str
+    fingerprint: str
+    start: int  # epoch seconds
+    end: int
+    staff_id: str
+    staff_name: str | None
+    role: Role
+    credentials: str | None
+    licensed: bool
+    activity: Activity
+    agency_contacted: str | None
+    excluded_by: str | None = None
+    voided_by: str | None = None
+    void_reason: VoidReason | None = None
+
+    @property
+    def counted(self) -> bool:
+        return self.excluded_by is None and self.voided_by is None
+
+    @property
+    def status(self) -> Literal["counted", "excluded", "voided"]:
+        if self.voided_by is not None:
+            return "voided"
+        return "excluded" if self.excluded_by is not None else "counted"
+
+
+@dataclass(slots=True)
+class VoidEntry:
+    """One accepted ``time_log_voided``; ``applied`` once its log has been seen."""
+
+    event_id: str
+    fingerprint: str
+    practice_id: str
+    voided_event_id: str
+    reason: VoidReason
+    recorded_at: int
+
+
+@dataclass(slots=True)
+class MonthTally:
+    """One patient's tally for one practice and local calendar month."""
+
+    practice_id: str
+    service_month: str
+    payer: str
+    profile_version: str
+    time_zone: str
+    logs: dict[str, LogEntry] = field(default_factory=dict)
+    intervals: list[tuple[int, int]] = field(default_factory=list)  # counted, sorted
+    qualifying_seconds: int = 0
+    level: int = 0  # thresholds currently reached (0 none, 1 entry code, 1+n add-ons)
+    reached: dict[int, int] = field(default_factory=dict)  # level -> times reached
+    revoked: dict[int, int] = field(default_factory=dict)  # level -> times revoked
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # id, reason, message
+    revision: int = -1  # -1 while open; revision of the last record issued once closed
+    record_digest: str = ""  # content digest of the last record issued
+
+    @property
+    def closed(self) -> bool:
+        return self.revision >= 0
+
+    @property
+    def qualifying_minutes(self) -> int:
+        return self.qualifying_seconds // 60
+
+    def add_interval(self, start: int, end: int) -> None:
+        """Insert a counted interval and update the union length incrementally."""
+        insort(self.intervals, (start, end))
+        self.qualifying_seconds = union_seconds(self.intervals)
+
+    def recount(self) -> None:
+        self.intervals = sorted((e.start, e.end) for e in self.logs.values() if e.counted)
+        self.qualifying_seconds = union_seconds(self.intervals)
+
+
+def union_seconds(intervals: list[tuple[int, int]]) -> int:
+    """Length of the union of sorted half-open intervals: overlapping time counts once."""
+    total = 0
+    cur_start = cur_end = None
+    for start, end in intervals:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None and cur_start is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        elif end > cur_end:
+            cur_end = end
+    if cur_end is not None and cur_start is not None:
+        total += cur_end - cur_start
+    return total
+
+
+def merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in intervals:
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+@dataclass(slots=True)
+class PatientLedger:
+    """All the state of one patient: the table value of the streaming worker."""
+
+    patient_id: str
+    months: dict[MonthKey, MonthTally] = field(default_factory=dict)
+    voids: dict[str, VoidEntry] = field(default_factory=dict)  # void event id -> void
+    pending: dict[str, str] = field(default_factory=dict)  # voided log id -> void event id
+    where: dict[str, MonthKey] = field(default_factory=dict)  # log id -> month (derived)
+
+    def reindex(self) -> None:
+        self.where = {eid: key for key, m in self.months.items() for eid in m.logs}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message to publish: which stream, its key (the patient id) and its envelope."""
+
+    kind: OutputKind
+    key: str
+    envelope: Envelope[BaseModel]
+
+    def to_json(self) -> str:
+        return self.envelope.model_dump_json()
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    outputs: list[Output]
+    reason: Reason | None = None
+    message: str = ""
+    detail: str = ""  # e.g. the exclusion rule; safe to log (no free text)
+    month: MonthKey | None = None
+
+
+def envelope(
+    data: ThresholdEvent | BillingRecord, event_id: str, subject: str, time: datetime
+) -> Envelope[BaseModel]:
+    return Envelope[BaseModel](
+        id=event_id, type=OUTPUT_TYPES[type(data)], subject=subject, time=time, data=data
+    )
+
+
+class TallyEngine:
+    """Applies input events and close commands to ledgers, per the configured rules."""
+
+    def __init__(self, config: CoreConfig | None = None) -> None:
+        self.config = config or CoreConfig()
+
+    # ---------------------------------------------------------------- inputs
+
+    def apply(self, ledger: PatientLedger, event: TimeLogged | TimeLogVoided) -> Result:
+        """Apply one validated input event to its patient's ledger (mutated in place)."""
+        if event.patient_id != ledger.patient_id:
+            return self._reject(
+                Reason.KEY_MISMATCH, "event patient_id differs from the ledger it was routed to"
+            )
+        if isinstance(event, TimeLogged):
+            return self._apply_log(ledger, event)
+        return self._apply_void(ledger, event)
+
+    def _apply_log(self, ledger: PatientLedger, event: TimeLogged) -> Result:
+        fp = fingerprint(event)
+        eid = event.event_id
+        known = ledger.where.get(eid)
+        if known is not None:
+            entry = ledger.months[known].logs[eid]
+            if entry.fingerprint == fp:
+                return Result(Outcome.DUPLICATE, [], month=known)
+            return self._reject_in_month(
+                ledger,
+                known,
+                eid,
+                Reason.EVENT_ID_CONFLICT,
+                "event_id was already used for a log with different content",
+                event.recorded_at,
+            )
+        if eid in ledger.voids:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by a void", eid
+            )
+
+        profile = self.config.profiles.get(event.payer)
+        if profile is None:
+            return self._reject(
+                Reason.UNKNOWN_PAYER_PROFILE,
+                f"payer profile '{event.payer}' is not configured "
+                f"(known: {', '.join(self.config.profiles.names())})",
+                eid,
+            )
+        practice = self.config.practice(event.practice_id)
+        if practice is None:
+            return self._reject(Reason.UNKNOWN_PRACTICE, "practice_id is not configured", eid)
+        start, end = epoch(event.start), epoch(event.computed_end)
+        month = local_month(event.start, practice.time_zone)
+        key: MonthKey = (event.practice_id, month)
+
+        problem = self._hygiene(event, practice, start, end)
+        if problem is not None:
+            reason, message = problem
+            if reason is Reason.PAST_TIMELY_FILING:  # do not open ancient months
+                return self._reject(reason, message, eid)
+            self._month(ledger, key, event.payer, profile, practice)
+            return self._reject_in_month(ledger, key, eid, reason, message, event.recorded_at)
+
+        tally = self._month(ledger, key, event.payer, profile, practice)
+        if tally.payer != event.payer:
+            return self._reject_in_month(
+                ledger,
+                key,
+                eid,
+                Reason.PAYER_CONFLICT,
+                f"the patient-month is billed under '{tally.payer}', the log says '{event.payer}'",
+                event.recorded_at,
+            )
+
+        entry = LogEntry(
+            event_id=eid,
+            fingerprint=fp,
+            start=start,
+            end=end,
+            staff_id=event.staff_id,
+            staff_name=event.staff_name,
+            role=event.role,
+            credentials=event.credentials,
+            licensed=event.licensed,
+            activity=event.activity,
+            agency_contacted=event.agency_contacted,
+            excluded_by=profile.exclusion_rule(event.role, event.licensed, event.activity),
+        )
+        tally.logs[eid] = entry
+        ledger.where[eid] = key
+        outputs: list[Output] = []
+        void_id = ledger.pending.pop(eid, None)
+        if void_id is not None:  # the void came first: the log arrives cancelled
+            void = ledger.voids[void_id]
+            entry.voided_by, entry.void_reason = void.event_id, void.reason
+            outcome, detail = Outcome.VOIDED, f"voided_by:{void_id}"
+        elif entry.excluded_by is not None:
+            outcome, detail = Outcome.EXCLUDED, entry.excluded_by
+        else:
+            outcome, detail = Outcome.COUNTED, ""
+            tally.add_interval(start, end)
+            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+        return Result(outcome, outputs, detail=detail, month=key)
+
+    def _apply_void(self, ledger: PatientLedger, event: TimeLogVoided) -> Result:
+        fp = fingerprint(event)
+        eid = event.event_id
+        seen = ledger.voids.get(eid)
+        if seen is not None:
+            if seen.fingerprint == fp:
+                return Result(Outcome.DUPLICATE, [], month=ledger.where.get(seen.voided_event_id))
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT,
+                "event_id was already used for a void with different content",
+                eid,
+            )
+        if eid in ledger.where:
+            return self._reject(Reason.EVENT_ID_CONFLICT, "event_id was already used by a log", eid)
+        target = event.voided_event_id
+        if target in ledger.voids:
+            return self._reject(
+                Reason.INVALID_FIELD, "voided_event_id names a void, not a log", eid
+            )
+        key = ledger.where.get(target)
+        void = VoidEntry(
+            event_id=eid,
+            fingerprint=fp,
+            practice_id=event.practice_id,
+            voided_event_id=target,
+            reason=event.reason,
+            recorded_at=epoch(event.recorded_at),
+        )
+        if key is None:  # the log has not arrived (yet): it arrives cancelled
+            if target in ledger.pending:
+                ledger.voids[eid] = void
+                return Result(Outcome.DUPLICATE, [], detail="log already has a pending void")
+            ledger.voids[eid] = void
+            ledger.pending[target] = eid
+            return Result(Outcome.VOIDED, [], detail="pending:log not seen yet")
+        if key[0] != event.practice_id:
+            return self._reject_in_month(
+                ledger,
+                key,
+                eid,
+                Reason.PRACTICE_MISMATCH,
+                "the voided log belongs to another practice",
+                event.recorded_at,
+            )
+        tally = ledger.months[key]
+        entry = tally.logs[target]
+        ledger.voids[eid] = void
+        if entry.voided_by is not None:
+            return Result(Outcome.DUPLICATE, [], detail="log already voided", month=key)
+        was_counted = entry.counted
+        entry.voided_by, entry.void_reason = eid, event.reason
+        outputs: list[Output] = []
+        if was_counted:
+            tally.recount()
+            profile = self._profile_of(tally)
+            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+        return Result(Outcome.VOIDED, outputs, detail=f"voided:{target}", month=key)
+
+    def _hygiene(
+        self, event: TimeLogged, practice: PracticeSettings, start: int, end: int
+    ) -> tuple[Reason, str] | None:
+        if end - start > practice.max_log_minutes * 60:
+            return (
+                Reason.DURATION_EXCEEDS_BOUND,
+                f"a single log may not exceed {practice.max_log_minutes} minutes",
+            )
+        service_day = local_date(start, practice.time_zone)
+        filed_day = local_date(epoch(event.recorded_at), practice.time_zone)
+        if filed_day > add_months(service_day, practice.timely_filing_months):
+            return (
+                Reason.PAST_TIMELY_FILING,
+                f"recorded more than {practice.timely_filing_months} months after the service",
+            )
+        if epoch(event.recorded_at) + practice.clock_skew_minutes * 60 < end:
+            return (Reason.RECORDED_BEFORE_SERVICE, "recorded_at is before the end of the work")
+        return None
+
+    # ---------------------------------------------------------------- months and thresholds
+
+    def _profile_of(self, tally: MonthTally) -> PayerProfile:
+        profile = self.config.profiles.get(tally.payer)
+        if profile is None:  # a profile removed from configuration after the month opened
+            raise LookupError(f"payer profile {tally.payer!r} is no longer configured")
+        return profile
+
+    @staticmethod
+    def _month(
+        ledger: PatientLedger,
+        key: MonthKey,
+        payer: str,
+        profile: PayerProfile,
+        practice: PracticeSettings,
+    ) -> MonthTally:
+        tally = ledger.months.get(key)
+        if tally is None:
+            tally = MonthTally(
+                practice_id=key[0],
+                service_month=key[1],
+                payer=payer,
+                profile_version=profile.version,
+                time_zone=practice.time_zone,
+            )
+            ledger.months[key] = tally
+        return tally
+
+    def _thresholds(
+        self,
+        patient_id: str,
+        tally: MonthTally,
+        profile: PayerProfile,
+        trigger: str,
+        at: datetime,
+    ) -> list[Output]:
+        """Threshold events for a change of level: reached upwards, revoked downwards."""
+        new = profile.level_for(tally.qualifying_minutes)
+        old = tally.level
+        if new == old:
+            return []
+        tally.level = new
+        if new > old:
+            changes = [("reached", lvl) for lvl in range(old + 1, new + 1)]
+        else:
+            changes = [("revoked", lvl) for lvl in range(old, new, -1)]
+        outputs = []
+        for kind, lvl in changes:
+            counter = tally.reached if kind == "reached" else tally.revoked
+            counter[lvl] = occurrence = counter.get(lvl, 0) + 1
+            code, unit = profile.code_unit(lvl)
+            data = ThresholdEvent(
+                kind="reached" if kind == "reached" else "revoked",
+                patient_id=patient_id,
+                practice_id=tally.practice_id,
+                service_month=tally.service_month,
+                payer=tally.payer,
+                profile_version=tally.profile_version,
+                code=code,
+                unit=unit,
+                threshold_minutes=profile.threshold_minutes(lvl),
+                qualifying_minutes=tally.qualifying_minutes,
+                triggering_event_id=trigger,
+                occurrence=occurrence,
+                month_closed=tally.closed,
+            )
+            oid = stable_id(
+                "threshold",
+                patient_id,
+                tally.practice_id,
+                tally.service_month,
+                code,
+                unit,
+                kind,
+                occurrence,
+            )
+            subject = f"{patient_id}/{tally.practice_id}/{tally.service_month}"
+            outputs.append(Output("threshold", patient_id, envelope(data, oid, subject, at)))
+        return outputs
+
+    # ---------------------------------------------------------------- close and records
+
+    def close(
+        self,
+        ledger: PatientLedger,
+        command: MonthCloseCommand,
+        trigger: CloseTrigger = "command",
+    ) -> list[Output]:
+        """Close the months a command names; months already closed are left as they are."""
+        outputs: list[Output] = []
+        for key, tally in ledger.months.items():
+            if tally.closed or not self._targets(command, key, tally):
+                continue
+            outputs += self._issue(ledger.patient_id, tally, command.as_of, trigger)
+        return outputs
+
+    def _targets(self, command: MonthCloseCommand, key: MonthKey, tally: MonthTally) -> bool:
+        if command.mode == "month":
+            return key == (command.practice_id, command.service_month)
+        practice = self.config.practice(key[0]) or self.config.default_practice
+        deadline = close_deadline(tally.service_month, tally.time_zone, practice.close_grace_days)
+        return deadline <= command.as_of
+
+    def close_all(self, ledger: PatientLedger, as_of: datetime) -> list[Output]:
+        """Close every open month of the ledger (replay's end of input)."""
+        outputs: list[Output] = []
+        for tally in ledger.months.values():
+            if not tally.closed:
+                outputs += self._issue(ledger.patient_id, tally, as_of, "replay")
+        return outputs
+
+    def _reissue(self, patient_id: str, tally: MonthTally, at: datetime) -> list[Output]:
+        """A closed month that changed is re-issued as a new revision."""
+        if not tally.closed:
+            return []
+        return self._issue(patient_id, tally, at, "late_event")
+
+    def _issue(
+        self, patient_id: str, tally: MonthTally, at: datetime, trigger: CloseTrigger
+    ) -> list[Output]:
+        # The digest covers the content only: a re-issue happens when the content changed.
+        draft = BillingRecord.model_validate(
+            {
+                **self.record_body(patient_id, tally),
+                "revision": 0,
+                "close_trigger": "replay",
+                "closed_at": _EPOCH,
+            }
+        )
+        digest = hashlib.blake2b(draft.model_dump_json().encode(), digest_size=16).hexdigest()
+        if tally.closed and digest == tally.record_digest:
+            return []
+        tally.revision += 1
+        tally.record_digest = digest
+        record = draft.model_copy(
+            update={"revision": tally.revision, "close_trigger": trigger, "closed_at": at}
+        )
+        oid = stable_id("record", record.record_id, tally.revision)
+        subject = f"{patient_id}/{tally.practice_id}/{tally.service_month}"
+        return [Output("billing_record", patient_id, envelope(record, oid, subject, at))]
+
+    def record_body(self, patient_id: str, tally: MonthTally) -> dict[str, object]:
+        """Everything a billing record says about a month, except revision and close data."""
+        profile = self._profile_of(tally)
+        practice = self.config.practice(tally.practice_id) or self.config.default_practice
+        level = profile.level_for(tally.qualifying_minutes)
+        lines = []
+        if level >= 1:
+            lines.append(BillingLine(code=profile.entry_code, units=1))
+        if level >= 2:
+            lines.append(BillingLine(code=profile.addon_code, units=level - 1))
+        policy = practice.date_of_service_policy
+        dos = None
+        if level >= 1:
+            dos = (
+                last_day(tally.service_month)
+                if policy == "last_day_of_month"
+                else self._threshold_met_date(tally, profile)
+            )
+        counted = [e for e in tally.logs.values() if e.counted]
+        counted_minutes = sum((e.end - e.start) // 60 for e in counted)
+        by_rule: dict[str, int] = {}
+        for e in tally.logs.values():
+            if e.excluded_by is not None and e.voided_by is None:
+                by_rule[e.excluded_by] = by_rule.get(e.excluded_by, 0) + (e.end - e.start) // 60
+        max_level = profile.max_level()
+        to_next = (
+            None
+            if max_level is not None and level >= max_level
+            else profile.threshold_minutes(level + 1) - tally.qualifying_minutes
+        )
+        return {
+            "record_id": stable_id("record", patient_id, tally.practice_id, tally.service_month),
+            "patient_id": patient_id,
+            "practice_id": tally.practice_id,
+            "service_month": tally.service_month,
+            "time_zone": tally.time_zone,
+            "payer": tally.payer,
+            "profile_version": tally.profile_version,
+            "billable": level >= 1,
+            "lines": lines,
+            "date_of_service": dos,
+            "date_of_service_policy": policy,
+            "qualifying_minutes": tally.qualifying_minutes,
+            "qualifying_seconds": tally.qualifying_seconds,
+            "counted_log_minutes": counted_minutes,
+            "overlap_minutes": max(0, counted_minutes - tally.qualifying_minutes),
+            "excluded_minutes": sum(by_rule.values()),
+            "excluded_minutes_by_rule": dict(sorted(by_rule.items())),
+            "minutes_to_next_threshold": to_next,
+            "contributing_event_ids": sorted(e.event_id for e in counted),
+            "logs": [_log_line(e) for e in sorted(tally.logs.values(), key=_log_order)],
+            "rejected": [
+                RejectedLine(event_id=i, reason=Reason(r), message=m)
+                for i, r, m in sorted(tally.rejected)
+            ],
+        }
+
+    @staticmethod
+    def _threshold_met_date(tally: MonthTally, profile: PayerProfile) -> date:
+        """Local date on which the service time reached the entry threshold."""
+        need = profile.entry_minutes * 60
+        done = 0
+        for start, end in merged(tally.intervals):
+            if done + (end - start) >= need:
+                return local_date(start + (need - done), tally.time_zone)
+            done += end - start
+        return last_day(tally.service_month)
+
+    # ---------------------------------------------------------------- rejections
+
+    @staticmethod
+    def _reject(reason: Reason, message: str, event_id: str = "") -> Result:
+        return Result(Outcome.REJECTED, [], reason=reason, message=message, detail=event_id)
+
+    def _reject_in_month(
+        self,
+        ledger: PatientLedger,
+        key: MonthKey,
+        event_id: str,
+        reason: Reason,
+        message: str,
+        at: datetime,
+    ) -> Result:
+        """A rejection that belongs to a known patient-month is also listed on its record."""
+        tally = ledger.months[key]
+        line = (event_id, reason.value, message)
+        outputs: list[Output] = []
+        if line not in tally.rejected:
+            tally.rejected.append(line)
+            outputs = self._reissue(ledger.patient_id, tally, at)
+        result = self._reject(reason, message, event_id)
+        return Result(result.outcome, outputs, reason, message, event_id, key)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _log_order(entry: LogEntry) -> tuple[int, int, str]:
+    return entry.start, entry.end, entry.event_id
+
+
+def _log_line(e: LogEntry) -> LogLine:
+    return LogLine(
+        event_id=e.event_id,
+        staff_id=e.staff_id,
+        staff_name=e.staff_name,
+        role=e.role,
+        credentials=e.credentials,
+        licensed=e.licensed,
+        activity=e.activity,
+        start=datetime.fromtimestamp(e.start, UTC),
+        end=datetime.fromtimestamp(e.end, UTC),
+        minutes=(e.end - e.start) // 60,
+        agency_contacted=e.agency_contacted,
+        status=e.status,
+        excluded_by=e.excluded_by,
+        voided_by=e.voided_by,
+        void_reason=e.void_reason,
+    )

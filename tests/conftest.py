@@ -1,0 +1,58 @@
+"""Shared pytest fixtures.
+
+``kafka_bootstrap`` gives integration tests a real Apache Kafka broker: the one named by
+``KAFKA_BOOTSTRAP_SERVERS`` if set, otherwise a local single-node KRaft broker started once per
+session (``ccm_localkafka.LocalKafka``). It is lazy: unit tests that do not ask for it never
+need Java or Maven. If the broker cannot start, the requesting tests *error* (never skip).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+_STARTUP_KEY = pytest.StashKey[str]()
+
+
+def _import_localkafka() -> None:
+    """Make ``ccm_localkafka`` importable even when the project is not pip-installed."""
+    try:
+        import ccm_localkafka  # noqa: F401, PLC0415
+    except ModuleNotFoundError:
+        sys.path.insert(0, str(_REPO / "deploy"))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap address ("host:port") of a real Kafka broker for this test session."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        request.config.stash[_STARTUP_KEY] = f"using external Kafka at {external}"
+        yield external
+        return
+
+    _import_localkafka()
+    from ccm_localkafka import KAFKA_VERSION, LocalKafka  # noqa: PLC0415
+
+    broker = LocalKafka()
+    broker.start()  # raises KafkaLauncherError with the broker log tail: the test errors
+    request.config.stash[_STARTUP_KEY] = (
+        f"local Kafka {KAFKA_VERSION} (KRaft) at {broker.bootstrap_servers} "
+        f"started in {broker.startup_seconds:.2f}s"
+    )
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    line = terminalreporter.config.stash.get(_STARTUP_KEY, None)
+    if line:
+        terminalreporter.write_sep("-", "kafka broker")
+        terminalreporter.write_line(line)

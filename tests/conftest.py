@@ -8,6 +8,7 @@ need Java or Maven. If the broker cannot start, the requesting tests *error* (ne
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -19,12 +20,10 @@ _REPO = Path(__file__).resolve().parent.parent
 _STARTUP_KEY = pytest.StashKey[str]()
 
 
-def _import_localkafka() -> None:
-    """Make ``ccm_localkafka`` importable even when the project is not pip-installed."""
-    try:
-        import ccm_localkafka  # noqa: F401, PLC0415
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(_REPO / "deploy"))
+# Make ``ccm_localkafka`` (deploy/) importable even when the project is not pip-installed.
+# Only a path entry: nothing is imported here, so unit tests never touch aiokafka or Java.
+if importlib.util.find_spec("ccm_localkafka") is None:
+    sys.path.insert(0, str(_REPO / "deploy"))
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +35,12 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         yield external
         return
 
-    _import_localkafka()
-    from ccm_localkafka import KAFKA_VERSION, LocalKafka  # noqa: PLC0415
+    from ccm_localkafka import KAFKA_VERSION, LocalKafka
 
     broker = LocalKafka()
-    broker.start()  # raises KafkaLauncherError with the broker log tail: the test errors
+    # Raises KafkaLauncherError (with the broker's log) if it cannot start: the requesting tests
+    # error, never skip. pytest caches the failure, so later tests do not retry the start.
+    broker.start()
     request.config.stash[_STARTUP_KEY] = (
         f"local Kafka {KAFKA_VERSION} (KRaft) at {broker.bootstrap_servers} "
         f"started in {broker.startup_seconds:.2f}s"

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -141,13 +141,12 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
             f"or point {LIB_ENV} at a folder holding the Kafka {KAFKA_VERSION} jars"
         )
 
-    lib_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = lib_dir.parent / f".{lib_dir.name}.lock"
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = lib_dir / ".fetch.lock"  # inside lib/ (git-ignored); java's lib/* skips non-jars
     with lock_path.open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if _missing_jars(lib_dir):  # somebody else may have fetched while we waited
-                lib_dir.mkdir(parents=True, exist_ok=True)
                 cmd = [
                     mvn,
                     "-q",
@@ -252,6 +251,40 @@ def _sweep_stale_work_dirs() -> None:
         except OSError:
             pass
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _error_lines(log_file: Path, limit: int = 20) -> str:
+    """The broker log's ERROR/FATAL lines (with their stack-trace lines), at most ``limit``."""
+    picked: list[str] = []
+    in_error = False
+    try:
+        with log_file.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("["):
+                    in_error = " ERROR " in line or " FATAL " in line
+                if in_error:
+                    picked.append(line.rstrip("\n"))
+                    if len(picked) >= limit:
+                        break
+    except OSError:
+        return f"<no {log_file.name}>"
+    return "\n".join(picked)
+
+
+def _run_with_timeout(
+    cmd: list[str], out: IO[bytes], *, timeout_s: float
+) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        raise KafkaLauncherError(f"timed out after {timeout_s:.0f}s: {' '.join(cmd)}") from None
 
 
 def _die_with_parent() -> None:
@@ -479,7 +512,7 @@ class LocalKafka:
             if not self.keep_dir:
                 (self.work_dir / _OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
             try:
-                self._start_once(java, classpath, t0)
+                self._start_once(java, classpath)
             except _PortClashError:
                 self._kill()
                 self._remove_work_dir()
@@ -496,8 +529,9 @@ class LocalKafka:
         self.startup_seconds = time.monotonic() - t0
         return self
 
-    def _start_once(self, java: str, classpath: str, t0: float) -> None:
+    def _start_once(self, java: str, classpath: str) -> None:
         assert self.work_dir is not None
+        deadline = time.monotonic() + self.startup_timeout_s  # jar fetching not counted
         work = self.work_dir
         data_dir = work / "data"
         logs_dir = work / "logs"
@@ -519,7 +553,7 @@ class LocalKafka:
 
         fmt_log = logs_dir / "format.log"
         with fmt_log.open("wb") as out:
-            fmt = subprocess.run(
+            fmt = _run_with_timeout(
                 [
                     java,
                     "-Xmx256m",
@@ -535,11 +569,8 @@ class LocalKafka:
                     "-c",
                     str(props_file),
                 ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=self.startup_timeout_s,
+                out,
+                timeout_s=self.startup_timeout_s,
             )
         if fmt.returncode != 0:
             raise KafkaLauncherError(
@@ -570,7 +601,6 @@ class LocalKafka:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the JVM
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
             )
-        deadline = t0 + self.startup_timeout_s
         self._wait_until_ready(deadline)
 
     def _server_properties(self, data_dir: Path) -> str:
@@ -615,12 +645,13 @@ class LocalKafka:
         last_error = "no attempt yet"
         while True:
             if self._proc.poll() is not None:
-                log = _tail(self.log_file)
-                if "Address already in use" in log or "BindException" in log:
-                    raise _PortClashError(log)
+                errors = _error_lines(self.log_file)
+                if "Address already in use" in errors or "BindException" in errors:
+                    raise _PortClashError(errors)
                 raise KafkaLauncherError(
                     f"Kafka broker exited with code {self._proc.returncode} during start-up.\n"
-                    f"--- {self.log_file} (tail) ---\n{log}\n"
+                    f"--- ERROR lines of {self.log_file} ---\n{errors}\n"
+                    f"--- {self.log_file} (tail) ---\n{_tail(self.log_file, 3000)}\n"
                     f"--- stdout/stderr ---\n{_tail(self.log_file.with_name('stdout.log'))}"
                 )
             if time.monotonic() > deadline:

@@ -1,11 +1,152 @@
-"""Subcommands contributed by the streaming service (filled in by the worker)."""
+"""Subcommands of the streaming service: worker, topics, close (and simulate, demo)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from ccm_core.contracts import MonthCloseCommand
+from ccm_core.settings import Settings
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment (CCM_*) first, then explicit flags on top."""
+    overrides: dict[str, Any] = {}
+    for flag, name in (
+        ("bootstrap_servers", "kafka_bootstrap_servers"),
+        ("partitions", "partitions"),
+        ("web_port", "web_port"),
+        ("data_dir", "data_dir"),
+        ("profiles", "profiles_file"),
+        ("practices", "practices_file"),
+        ("processing_guarantee", "processing_guarantee"),
+        ("close_tick_seconds", "close_tick_seconds"),
+        ("log_level", "log_level"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    base = Settings()
+    return base.model_copy(update=overrides) if overrides else base
+
+
+def _kafka_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    parser.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .runner import run_worker
+
+    return run_worker(settings_from_args(args))
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from .topics import ensure_topics, topic_plan
+
+    settings = settings_from_args(args)
+    created = ensure_topics(settings)
+    plan, compacted = topic_plan(settings)
+    for name, partitions in plan.items():
+        state = "created" if name in created else "exists"
+        policy = "compact" if name in compacted else "delete"
+        print(f"{name}\tpartitions={partitions}\tcleanup.policy={policy}\t{state}")
+    return 0
+
+
+async def send_close(settings: Settings, command: MonthCloseCommand) -> int:
+    """Fan a close command out to every partition of the control topic."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        topic = settings.topics.month_close
+        partitions = sorted(await producer.partitions_for(topic))
+        payload = command.model_dump_json().encode()
+        futures = [await producer.send(topic, payload, partition=p) for p in partitions]
+        await asyncio.gather(*futures)
+        return len(partitions)
+    finally:
+        await producer.stop()
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    command = MonthCloseCommand(
+        command_id=args.command_id or f"close-{uuid.uuid4()}",
+        mode="due" if args.due else "month",
+        practice_id=args.practice,
+        service_month=args.month,
+        as_of=args.as_of or datetime.now(UTC),
+        requested_by=args.requested_by,
+    )
+    sent = asyncio.run(send_close(settings, command))
+    print(f"close command {command.command_id} sent to {sent} partitions", file=sys.stderr)
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from ccm_localkafka.__main__ import main as broker_main
+
+    return broker_main(args.broker_args)
 
 
 def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the service's subcommands on the ``ccm-tally`` parser."""
+    worker = sub.add_parser("worker", help="run the tally worker (faust) against Kafka")
+    _kafka_args(worker)
+    config_args(worker)
+    worker.add_argument("--web-port", type=int, help="metrics/health/look-up port (6066)")
+    worker.add_argument("--data-dir", type=Path, help="worker data directory")
+    worker.add_argument(
+        "--processing-guarantee", choices=["at_least_once", "exactly_once"], default=None
+    )
+    worker.add_argument("--close-tick-seconds", type=float, help="month-close timer period")
+    worker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="create the service's topics (idempotent)")
+    _kafka_args(topics)
+    topics.set_defaults(func=cmd_topics)
+
+    close = sub.add_parser("close", help="close a practice's month now (or all due months)")
+    _kafka_args(close)
+    target = close.add_mutually_exclusive_group(required=True)
+    target.add_argument("--month", help="service month YYYY-MM (with --practice)")
+    target.add_argument("--due", action="store_true", help="close every month past its grace")
+    close.add_argument("--practice", help="practice id")
+    close.add_argument("--as-of", type=datetime.fromisoformat, help="close time (default now)")
+    close.add_argument("--command-id", help="idempotency id of the command")
+    close.add_argument("--requested-by", help="who asked (kept on the command)")
+    close.set_defaults(func=cmd_close)
+
+    broker = sub.add_parser("broker", help="run a local single-node Kafka (KRaft) on 127.0.0.1")
+    broker.add_argument("broker_args", nargs=argparse.REMAINDER)
+    broker.set_defaults(func=cmd_broker)
+
+    try:
+        from ccm_simulator.cli import add_simulator_args, run_simulator
+    except ImportError:
+        pass
+    else:
+        simulate = sub.add_parser("simulate", help="produce a realistic month of EHR time logs")
+        add_simulator_args(simulate)
+        simulate.set_defaults(func=run_simulator)
+
+    from .demo import add_demo_args, run_demo
+
+    demo = sub.add_parser("demo", help="broker + worker + simulator, one month, a summary")
+    add_demo_args(demo)
+    demo.set_defaults(func=run_demo)

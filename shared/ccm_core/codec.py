@@ -97,6 +97,7 @@ def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
     return {
         "v": LAYOUT_VERSION,
         "p": ledger.patient_id,
+        "pt": ledger.partition,
         "m": [_month(m) for m in ledger.months.values()],
         "vo": [
             [
@@ -116,7 +117,7 @@ def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
 def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
     if data.get("v") != LAYOUT_VERSION:
         raise ValueError(f"unknown ledger layout {data.get('v')!r}")
-    ledger = PatientLedger(data["p"])
+    ledger = PatientLedger(data["p"], partition=data["pt"])
     for raw in data["m"]:
         month = _unmonth(raw)
         ledger.months[(month.practice_id, month.service_month)] = month

@@ -335,6 +335,22 @@ class BillingRecord(_Wire):
     closed_at: datetime
 
 
+class MonthSummary(_Wire):
+    """A patient-month's current tally, as the worker's look-up endpoint returns it."""
+
+    patient_id: str
+    practice_id: str
+    service_month: str
+    payer: str
+    qualifying_minutes: int
+    codes_reached: list[BillingLine]
+    next_threshold: str | None = Field(description="e.g. '99489 unit 2'; None at the cap.")
+    minutes_to_next_threshold: int | None
+    logs: int
+    closed: bool
+    revision: int | None
+
+
 class RejectedInput(_Wire):
     """A dead-lettered input: the original bytes, why, and where it came from."""
 

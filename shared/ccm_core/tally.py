@@ -36,6 +36,7 @@ from .contracts import (
     Envelope,
     LogLine,
     MonthCloseCommand,
+    MonthSummary,
     Outcome,
     Reason,
     RejectedLine,
@@ -181,6 +182,7 @@ class PatientLedger:
     """All the state of one patient: the table value of the streaming worker."""
 
     patient_id: str
+    partition: int = -1  # input partition of the patient, set by the stream shell (-1: none)
     months: dict[MonthKey, MonthTally] = field(default_factory=dict)
     voids: dict[str, VoidEntry] = field(default_factory=dict)  # void event id -> void
     pending: dict[str, str] = field(default_factory=dict)  # voided log id -> void event id
@@ -599,6 +601,39 @@ class TallyEngine:
                 for i, r, m in sorted(tally.rejected)
             ],
         }
+
+    def summaries(self, ledger: PatientLedger) -> list[MonthSummary]:
+        """The current tally of each of the patient's months (look-up endpoint)."""
+        out = []
+        for tally in ledger.months.values():
+            profile = self._profile_of(tally)
+            level = tally.level
+            lines = []
+            if level >= 1:
+                lines.append(BillingLine(code=profile.entry_code, units=1))
+            if level >= 2:
+                lines.append(BillingLine(code=profile.addon_code, units=level - 1))
+            max_level = profile.max_level()
+            at_cap = max_level is not None and level >= max_level
+            code, unit = profile.code_unit(level + 1)
+            out.append(
+                MonthSummary(
+                    patient_id=ledger.patient_id,
+                    practice_id=tally.practice_id,
+                    service_month=tally.service_month,
+                    payer=tally.payer,
+                    qualifying_minutes=tally.qualifying_minutes,
+                    codes_reached=lines,
+                    next_threshold=None if at_cap else f"{code} unit {unit}",
+                    minutes_to_next_threshold=None
+                    if at_cap
+                    else profile.threshold_minutes(level + 1) - tally.qualifying_minutes,
+                    logs=len(tally.logs),
+                    closed=tally.closed,
+                    revision=tally.revision if tally.closed else None,
+                )
+            )
+        return sorted(out, key=lambda m: (m.service_month, m.practice_id))
 
     @staticmethod
     def _threshold_met_date(tally: MonthTally, profile: PayerProfile) -> date:

@@ -12,14 +12,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from ccm_localkafka import create_topics_sync
+
 pytestmark = pytest.mark.integration
 
 
 def _create_topics(
     bootstrap: str, topics: dict[str, int], compacted: set[str] | None = None
 ) -> list[str]:
-    from ccm_localkafka import create_topics_sync  # noqa: PLC0415 - importable via conftest
-
     return create_topics_sync(bootstrap, topics, compacted or set())
 
 

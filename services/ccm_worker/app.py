@@ -1,0 +1,379 @@
+"""The tally worker: faust wiring of topics, the ledger table, timers and web views to the core.
+
+No billing logic lives here. Per batch of input messages the agent:
+1. decodes and applies every event through :func:`ccm_core.ingest.process`;
+2. publishes all outputs (thresholds, records, dead letters) and **waits for their acks**;
+3. only then writes the changed ledgers to the table (changelog), once per patient per batch;
+4. faust commits the input offsets after flushing the producer.
+
+So an output can never be lost behind a state change: a crash between 2 and 3 replays the batch
+from the old state and re-publishes the same outputs with the same deterministic ids, which a
+consumer drops as duplicates. A crash after 3 replays events the ledger already holds: they are
+recognised as duplicates and publish nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+from faust.web import Request, Response, View
+from pydantic import ValidationError
+
+from ccm_core import codec as ledger_codec
+from ccm_core.config import CoreConfig, load_config
+from ccm_core.contracts import (
+    BillingRecord,
+    MonthCloseCommand,
+    Outcome,
+    ThresholdEvent,
+    reason_from_validation_error,
+)
+from ccm_core.ingest import Source, process, rejected_output
+from ccm_core.observability import (
+    ASSIGNED_PARTITIONS,
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    END_TO_END,
+    EVENTS,
+    MONTH_CLOSE,
+    PATIENT_MONTHS,
+    PATIENTS,
+    PROCESSING,
+    RECORD_LINES,
+    RECORDS,
+    REJECTIONS,
+    THRESHOLDS,
+    get_logger,
+)
+from ccm_core.settings import Settings
+from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine
+
+from .web import register_views
+
+log = get_logger("ccm.worker")
+
+TABLE_NAME = "ledgers"
+
+
+class LedgerCodec(codecs.Codec):
+    """Changelog value codec: the core's compact ledger layout."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return ledger_codec.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return ledger_codec.loads(s)
+
+
+codecs.register("ccm_ledger", LedgerCodec())
+
+
+def changelog_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
+
+
+class TallyWorker:
+    """Builds the faust app for one :class:`Settings` and holds its wiring."""
+
+    def __init__(self, settings: Settings, config: CoreConfig | None = None) -> None:
+        self.settings = settings
+        self.engine = TallyEngine(
+            config or load_config(settings.profiles_file, settings.practices_file)
+        )
+        s = settings
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{b}" for b in s.kafka_bootstrap_servers.split(",")],
+            store="memory://",
+            datadir=str(s.data_dir),
+            processing_guarantee=s.processing_guarantee,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            topic_allow_declare=True,
+            table_standby_replicas=0,
+            broker_session_timeout=s.session_timeout_seconds,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_seconds / 3),
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger_ms=2,
+            stream_buffer_maxsize=max(4096, 2 * s.batch_max_events),
+            web_enabled=True,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            web_host=s.web_host,
+            web_in_thread=False,
+        )
+        topics = s.topics
+        self.input_topic = self.app.topic(
+            topics.timelog,
+            topics.month_close,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
+        self.control_topic = self.app.topic(
+            topics.month_close,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
+        self.out_topics = {
+            "threshold": topics.threshold,
+            "billing_record": topics.billing_record,
+            "rejected": topics.dlq,
+        }
+        for name in self.out_topics.values():
+            self.app.topic(name, partitions=s.partitions)
+        self.table = self.app.Table(
+            TABLE_NAME,
+            default=None,
+            partitions=s.partitions,
+            schema=faust.Schema(
+                key_type=str, key_serializer="raw", value_serializer="ccm_ledger"
+            ),
+            help="One PatientLedger per patient id (all its patient-months).",
+        )
+        # faust derives changelog serializers from key/value types; ours are set explicitly.
+        self.table.key_serializer = "raw"
+        self.table.value_serializer = "ccm_ledger"
+        self.app.agent(self.input_topic, name="tally")(self._tally_agent)
+        self.app.timer(s.close_tick_seconds, on_leader=False, name="close_due_months")(
+            self._close_tick
+        )
+        self.app.timer(5.0, on_leader=False, name="state_metrics")(self._state_metrics)
+        register_views(self)
+
+    # ------------------------------------------------------------------ the agent
+
+    async def _tally_agent(self, stream: Any) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
+            await self.process_batch(events)
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        touched: dict[str, PatientLedger] = {}
+        outputs: list[Output] = []
+        control = self.settings.topics.month_close
+        for event in events:
+            msg = event.message
+            raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
+            if msg.topic == control:
+                outputs += self._close(raw, msg, now, touched)
+                continue
+            key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+            source = Source(msg.topic, msg.partition, msg.offset)
+            processed, ledger = process(
+                self.engine,
+                self._ledger_lookup(msg.partition, touched),
+                raw,
+                source,
+                key=key,
+                received_at=now,
+            )
+            EVENTS.labels(processed.outcome.value).inc()
+            if processed.reason is not None:
+                REJECTIONS.labels(processed.reason.value).inc()
+            if ledger is not None:
+                touched[ledger.patient_id] = ledger
+            self._log_outcome(processed, source)
+            outputs += processed.outputs
+        await self.publish(outputs)
+        for patient_id, ledger in touched.items():
+            self.persist(patient_id, ledger)
+        finished = time.perf_counter()
+        BATCH_SIZE.observe(len(events))
+        per_event = (finished - started) / max(1, len(events))
+        wall = time.time()
+        for event in events:
+            PROCESSING.observe(per_event)
+            END_TO_END.observe(max(0.0, wall - event.message.timestamp))
+
+    def _ledger_lookup(self, partition: int, touched: dict[str, PatientLedger]) -> Any:
+        data = self.table.data
+
+        def lookup(patient_id: str) -> PatientLedger:
+            found = touched.get(patient_id)
+            if found is None:
+                found = data.get(patient_id)
+            if found is None:
+                found = PatientLedger(patient_id, partition=partition)
+            return found
+
+        return lookup
+
+    def persist(self, patient_id: str, ledger: PatientLedger) -> None:
+        """Write one ledger to the table and to its changelog partition (the input's)."""
+        self.table.data[patient_id] = ledger
+        self.table.send_changelog(ledger.partition, patient_id, ledger)
+
+    async def publish(self, outputs: Iterable[Output]) -> None:
+        """Send outputs and wait until the broker acknowledged every one of them."""
+        producer = self.app.producer
+        pending = []
+        for out in outputs:
+            topic = self.out_topics[out.kind]
+            fut = await producer.send(
+                topic, out.key.encode(), out.to_json().encode(), None, None, None
+            )
+            pending.append(fut)
+            self._count_output(out)
+        if pending:
+            await asyncio.gather(*pending)
+
+    @staticmethod
+    def _count_output(out: Output) -> None:
+        data = out.envelope.data
+        if isinstance(data, ThresholdEvent):
+            THRESHOLDS.labels(data.code, data.kind).inc()
+            log.info(
+                "threshold",
+                kind=data.kind,
+                code=data.code,
+                unit=data.unit,
+                patient_id=data.patient_id,
+                service_month=data.service_month,
+                qualifying_minutes=data.qualifying_minutes,
+                output_id=out.envelope.id,
+            )
+        elif isinstance(data, BillingRecord):
+            RECORDS.labels(data.close_trigger).inc()
+            for line in data.lines:
+                RECORD_LINES.labels(line.code).inc(line.units)
+            log.info(
+                "billing_record",
+                patient_id=data.patient_id,
+                service_month=data.service_month,
+                revision=data.revision,
+                billable=data.billable,
+                qualifying_minutes=data.qualifying_minutes,
+                output_id=out.envelope.id,
+            )
+
+    @staticmethod
+    def _log_outcome(processed: Any, source: Source) -> None:
+        event = processed.event
+        fields = {
+            "outcome": processed.outcome.value,
+            "partition": source.partition,
+            "offset": source.offset,
+            "event_id": event.event_id if event is not None else None,
+            "patient_id": event.patient_id if event is not None else None,
+        }
+        if processed.outcome is Outcome.REJECTED:
+            log.warning("input_rejected", reason=processed.reason, **fields)
+        else:
+            log.debug("input_applied", detail=processed.detail, **fields)
+
+    # ------------------------------------------------------------------ month close
+
+    def _close(
+        self, raw: bytes, msg: Any, now: datetime, touched: dict[str, PatientLedger]
+    ) -> list[Output]:
+        """Apply a close command to the ledgers of the message's partition."""
+        started = time.perf_counter()
+        try:
+            command = MonthCloseCommand.model_validate_json(raw)
+        except ValidationError as err:
+            log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)
+            reason, message = reason_from_validation_error(err)
+            REJECTIONS.labels(reason.value).inc()
+            return [
+                rejected_output(
+                    raw, reason, message, Source(msg.topic, msg.partition, msg.offset), None, now
+                )
+            ]
+        trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
+        outputs: list[Output] = []
+        closed = 0
+        for patient_id, stored in list(self.table.data.items()):
+            ledger = touched.get(patient_id, stored)
+            if ledger.partition != msg.partition:
+                continue
+            produced = self.engine.close(ledger, command, trigger)
+            if produced:
+                closed += len(produced)
+                touched[patient_id] = ledger
+                outputs += produced
+        elapsed = time.perf_counter() - started
+        MONTH_CLOSE.observe(elapsed)
+        log.info(
+            "months_closed",
+            command_id=command.command_id,
+            mode=command.mode,
+            partition=msg.partition,
+            records=closed,
+            seconds=round(elapsed, 3),
+        )
+        return outputs
+
+    async def _close_tick(self) -> None:
+        """Ask every input partition this worker owns to close its due months."""
+        now = datetime.now(UTC)
+        control = self.settings.topics.month_close
+        timelog = self.settings.topics.timelog
+        partitions = sorted(
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == timelog
+        )
+        for partition in partitions:
+            command = MonthCloseCommand(
+                command_id=f"tick-{now.strftime('%Y%m%dT%H%M%S')}-{partition}",
+                mode="due",
+                as_of=now,
+                requested_by="timer",
+            )
+            await self.app.producer.send(
+                control, None, command.model_dump_json().encode(), partition, None, None
+            )
+
+    # ------------------------------------------------------------------ state metrics
+
+    async def _state_metrics(self) -> None:
+        open_, closed = 0, 0
+        patients = 0
+        for ledger in list(self.table.data.values()):
+            patients += 1
+            for month in ledger.months.values():
+                if month.closed:
+                    closed += 1
+                else:
+                    open_ += 1
+        PATIENTS.set(patients)
+        PATIENT_MONTHS.labels("open").set(open_)
+        PATIENT_MONTHS.labels("closed").set(closed)
+        await self._consumer_lag()
+
+    async def _consumer_lag(self) -> None:
+        consumer = getattr(self.app, "_consumer", None)
+        if consumer is None:
+            return
+        timelog = self.settings.topics.timelog
+        tps = [tp for tp in consumer.assignment() if tp.topic == timelog]
+        ASSIGNED_PARTITIONS.set(len(tps))
+        if not tps:
+            return
+        try:
+            highwaters = await consumer.highwaters(*tps)
+        except Exception:
+            return
+        for tp in tps:
+            position = consumer._read_offset.get(tp)
+            done = (position + 1) if position is not None else 0
+            CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwaters.get(tp, 0) - done))
+
+    def is_ready(self) -> bool:
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return bool(recovery.completed.is_set() and not self.app.rebalancing)
+
+
+__all__ = ["Request", "Response", "TallyWorker", "View", "changelog_topic_name"]

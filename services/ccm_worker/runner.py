@@ -1,0 +1,32 @@
+"""Run the worker process: create topics, build the faust app, run until stopped."""
+
+from __future__ import annotations
+
+import faust
+
+from ccm_core.observability import configure_logging, get_logger
+from ccm_core.settings import Settings
+
+from .app import TallyWorker
+from .topics import ensure_topics
+
+
+def run_worker(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_json)
+    log = get_logger("ccm.worker")
+    created = ensure_topics(settings)
+    log.info(
+        "worker_starting",
+        bootstrap=settings.kafka_bootstrap_servers,
+        partitions=settings.partitions,
+        topics_created=created,
+        web=f"http://{settings.web_host}:{settings.web_port}",
+        processing_guarantee=settings.processing_guarantee,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = TallyWorker(settings)
+    faust_worker = faust.Worker(
+        worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
+    )
+    faust_worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,34 @@
+"""Explicit topic creation (the design asks for it; faust's auto-declare is only a fallback)."""
+
+from __future__ import annotations
+
+from ccm_core.settings import Settings
+from ccm_localkafka.broker import create_topics_sync
+
+from .app import changelog_topic_name
+
+
+def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
+    """{topic: partitions} and the compacted ones. Every topic is co-partitioned on patient id."""
+    t = settings.topics
+    n = settings.partitions
+    plan = {
+        t.timelog: n,
+        t.month_close: n,
+        t.threshold: n,
+        t.billing_record: n,
+        t.dlq: n,
+        changelog_topic_name(settings): n,
+    }
+    return plan, {changelog_topic_name(settings)}
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created now."""
+    plan, compacted = topic_plan(settings)
+    return create_topics_sync(
+        settings.kafka_bootstrap_servers,
+        plan,
+        compacted,
+        replication_factor=settings.replication_factor,
+    )

@@ -1,0 +1,47 @@
+"""Service settings (pydantic-settings): environment variables ``CCM_*``, or CLI flags.
+
+``KAFKA_BOOTSTRAP_SERVERS`` is honoured too, as the tests and the demo use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCM_TOPIC_", frozen=True)
+
+    timelog: str = "ccm.timelog.v1"
+    month_close: str = "ccm.month-close.v1"
+    threshold: str = "ccm.threshold.v1"
+    billing_record: str = "ccm.billing-record.v1"
+    dlq: str = "ccm.timelog.dlq.v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCM_", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("CCM_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    app_id: str = "ccm-tally"
+    partitions: Annotated[int, Field(gt=0)] = 8
+    replication_factor: Annotated[int, Field(gt=0)] = 1
+    topics: Topics = Field(default_factory=Topics)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path(".local/worker")
+    batch_max_events: Annotated[int, Field(gt=0)] = 2000
+    batch_within_seconds: Annotated[float, Field(gt=0)] = 0.02
+    close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
+    session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    profiles_file: Path | None = None
+    practices_file: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True

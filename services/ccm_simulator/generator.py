@@ -12,7 +12,7 @@ What a simulated month looks like
   total of logged minutes drawn from a log-normal distribution (median about 60 minutes, a
   patient-level acuity factor plus monthly noise): about half under 60, most of the rest 60-150,
   a tail beyond. The total is split into logs of 5-45 minutes (rarely up to 49) on working days
-  (Monday-Friday), starting 07:30-17:29 local time.
+  (Monday-Friday except major US holidays), starting 07:30-17:29 local time.
 - Staff roles follow a realistic mix (RN, MA, LPN, care coordinator, CHW, physician, NP, PA,
   pharmacist, social worker, dietitian, CNS); ``licensed`` is consistent with the role (MA, CHW
   and care coordinator never licensed). Activities are mostly counting care coordination, with a
@@ -51,9 +51,10 @@ from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from ccm_core.contracts import NEVER_LICENSED_ROLES, Activity, Reason, Role, VoidReason
 from ccm_core.months import month_end, next_month, parse_month
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EventKind = Literal["log", "late", "void", "duplicate", "malformed"]
 """``log``: a time log recorded on time (including corrections, overlaps, midnight crossers);
@@ -176,7 +177,7 @@ class SimulationSpec(BaseModel):
         0.01, ge=0, le=1, description="Share of patient-months with a log crossing month end."
     )
     utc_practices: float = Field(
-        0.25, ge=0, le=1, description="Share of practices whose EHR sends `start` in UTC."
+        0.25, ge=0, le=1, description="Share of practices (rounded) whose EHR sends `start` in UTC."
     )
     id_prefix: str = Field("sim", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     seed: int = 0
@@ -310,6 +311,8 @@ _ACTIVITIES_PRACTITIONER: tuple[tuple[Activity, int], ...] = (  # physician, NP,
 )
 _SUPPORT_ROLES = frozenset({Role.MA, Role.CHW, Role.CARE_COORDINATOR})
 _PRACTITIONER_ROLES = frozenset({Role.PHYSICIAN, Role.NP, Role.PA, Role.CNS})
+_LICENSED_ONLY_PAYERS = frozenset({"priority_health"})
+_PRIMARY_ROLES = frozenset({Role.RN, Role.LPN, Role.MA, Role.CARE_COORDINATOR, Role.CHW})
 
 _AGENCIES: dict[str, tuple[str, ...]] = {
     _A.HOME_HEALTH_COORDINATION.value: (
@@ -379,7 +382,7 @@ _LONG_NOTE = (
     "line by line with caregiver, follow-up scheduled with cardiology and nephrology. "
 )
 
-_LN60 = math.log(60.0)
+_LOG_MEDIAN_MINUTES = math.log(66.0)  # logged minutes; qualifying ones are fewer
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _AT = itemgetter(3)
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
@@ -412,6 +415,18 @@ def _offset_suffix(seconds: int) -> str:
     sign = "+" if seconds >= 0 else "-"
     hours, minutes = divmod(abs(seconds) // 60, 60)
     return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def _holiday(day: date) -> bool:
+    """A US holiday most practices close on (no staff time logged, except after hours)."""
+    month, dom, weekday = day.month, day.day, day.weekday()
+    if (month, dom) in ((1, 1), (7, 4), (12, 25)):
+        return True
+    if month == 5 and weekday == 0 and dom > 24:  # Memorial Day: last Monday of May
+        return True
+    if month == 9 and weekday == 0 and dom <= 7:  # Labor Day: first Monday of September
+        return True
+    return month == 11 and weekday == 3 and 22 <= dom <= 28  # Thanksgiving
 
 
 def _fragment(fields: dict[str, Any]) -> str:
@@ -468,6 +483,7 @@ class _Template(NamedTuple):
     suffix: str
     minutes: int
     at: int
+    staff_id: str
 
 
 class _Simulator:
@@ -477,11 +493,12 @@ class _Simulator:
         self.rnd = self.rng.random
         self.seq = 0
         self.id_stem = f"{spec.id_prefix}-e{spec.seed}-"
-        self.day_strings: dict[int, str] = {}
+        self.minute_strings: dict[int, str] = {}
         self.malformed_rate = spec.malformed / (1.0 - spec.malformed)
-        rnd = self.rnd
         self.zones = [ZoneInfo(spec.zone_of(p)) for p in spec.practices]
-        self.utc_style = [rnd() < spec.utc_practices for _ in spec.practices]
+        nprac = len(spec.practices)
+        utc = set(self.rng.sample(range(nprac), round(nprac * spec.utc_practices)))
+        self.utc_style = [i in utc for i in range(nprac)]
         self.void_reasons: tuple[VoidReason, ...] = _table(_VOID_REASONS)
         self.staff = self._make_staff()
         self.by_practice: list[list[_Staff]] = [
@@ -547,6 +564,10 @@ class _Simulator:
         # practices differ in size: weights 1, 1.5, 2, ... cycled
         sizes = [1.0 + 0.5 * (i % 4) for i in range(len(spec.practices))]
         size_total = sum(sizes)
+        primaries = [
+            [s for s in members if s.role in _PRIMARY_ROLES] for members in self.by_practice
+        ]
+        licensed = [[s for s in members if s.licensed] for members in primaries]
         out = []
         for n in range(spec.patients):
             x, practice = rnd() * size_total, 0
@@ -556,7 +577,11 @@ class _Simulator:
             y = rnd()
             payer = next((name for edge, name in cumulative if y < edge), cumulative[-1][1])
             members = self.by_practice[practice]
-            primary = self._pick_primary(members)
+            # a practice puts licensed staff on patients of payers that count only their time
+            preferred = primaries[practice]
+            if payer in _LICENSED_ONLY_PAYERS and licensed[practice] and rnd() < 0.8:
+                preferred = licensed[practice]
+            primary = self._pick_primary(members, preferred)
             team = [primary]
             for _ in range(1 + int(rnd() * 2)):
                 other = members[int(rnd() * len(members))]
@@ -579,13 +604,8 @@ class _Simulator:
             )
         return out
 
-    def _pick_primary(self, members: list[_Staff]) -> _Staff:
-        """Primary care manager: preferably a nurse, MA or care coordinator."""
-        preferred = [
-            s
-            for s in members
-            if s.role in (Role.RN, Role.LPN, Role.MA, Role.CARE_COORDINATOR, Role.CHW)
-        ]
+    def _pick_primary(self, members: list[_Staff], preferred: list[_Staff]) -> _Staff:
+        """Primary care manager: preferably a nurse, MA, care coordinator or CHW."""
         pool = preferred or members
         return pool[int(self.rnd() * len(pool))]
 
@@ -602,7 +622,7 @@ class _Simulator:
             off = int(offset.total_seconds()) if offset is not None else 0
             epoch = naive - off
             last = _Day(epoch, epoch, "Z") if utc else _Day(naive, epoch, _offset_suffix(off))
-            if day.weekday() < 5:
+            if day.weekday() < 5 and not _holiday(day):
                 days.append(last)
         assert last is not None
         end = int(month_end(month, self.spec.zone_of(self.spec.practices[practice])).timestamp())
@@ -611,12 +631,15 @@ class _Simulator:
     # ---------------------------------------------------------------- formatting
 
     def _iso(self, seconds: int, suffix: str) -> str:
-        day, sod = divmod(seconds, 86400)
-        text = self.day_strings.get(day)
+        minute, second = divmod(seconds, 60)
+        text = self.minute_strings.get(minute)
         if text is None:
-            text = self.day_strings[day] = (date(1970, 1, 1) + timedelta(days=day)).isoformat()
-        hour, rest = divmod(sod, 3600)
-        return f"{text}T{hour:02d}:{rest // 60:02d}:{rest % 60:02d}{suffix}"
+            if len(self.minute_strings) > 1_000_000:  # bound the cache on very long runs
+                self.minute_strings.clear()
+            day, rest = divmod(minute, 1440)
+            stamp = (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+            text = self.minute_strings[minute] = f"{stamp}T{rest // 60:02d}:{rest % 60:02d}"
+        return f"{text}:{second:02d}{suffix}"
 
     def _event_id(self) -> str:
         self.seq += 1
@@ -645,7 +668,9 @@ class _Simulator:
         if rnd() >= spec.active:
             return
         first = len(out)
-        total = int(math.exp(_LN60 + 0.45 * p.acuity + 0.4 * self.rng.gauss(0.0, 1.0)))
+        total = int(
+            math.exp(_LOG_MEDIAN_MINUTES + 0.45 * p.acuity + 0.4 * self.rng.gauss(0.0, 1.0))
+        )
         total = min(max(total, 5), 420)
         days, team = pm.days, p.team
         nday, nteam, nlen = len(days), len(team), len(_LOG_LENGTHS)
@@ -668,7 +693,8 @@ class _Simulator:
 
         if templates and rnd() < spec.overlaps:  # a second staff member on the same call
             base = templates[int(rnd() * len(templates))]
-            members = self.by_practice[p.practice]
+            members = [s for s in self.by_practice[p.practice] if s.staff_id != base.staff_id]
+            members = members or self.by_practice[p.practice]
             staff = members[int(rnd() * len(members))]
             activity = staff.activities[int(rnd() * len(staff.activities))]
             day = _Day(base.start_fmt, base.start_epoch, base.suffix)
@@ -760,7 +786,9 @@ class _Simulator:
         event = SimEvent(p.patient_id, value, kind, recorded, detail)
         out.append(event)
         self._maybe_duplicate(event, out)
-        templates.append(_Template(value, start_fmt, start_epoch, suffix, minutes, recorded))
+        templates.append(
+            _Template(value, start_fmt, start_epoch, suffix, minutes, recorded, staff.staff_id)
+        )
         if voidable and rnd() < self.spec.voids:
             self._void(p, pm, staff, activity, day, start_min, minutes, event_id, recorded, out,
                        templates)  # fmt: skip

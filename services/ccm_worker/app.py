@@ -74,6 +74,13 @@ class LedgerCodec(codecs.Codec):
 codecs.register("ccm_ledger", LedgerCodec())
 
 
+class LedgerTable(faust.Table):  # type: ignore[misc]
+    """The ledger table: raw patient-id keys, core-codec values on the changelog."""
+
+    def _serializer_from_type(self, typ: Any) -> str:
+        return "raw" if typ is str else "ccm_ledger"
+
+
 def changelog_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
@@ -133,18 +140,16 @@ class TallyWorker:
         }
         for name in self.out_topics.values():
             self.app.topic(name, partitions=s.partitions)
-        self.table = self.app.Table(
-            TABLE_NAME,
-            default=None,
-            partitions=s.partitions,
-            schema=faust.Schema(
-                key_type=str, key_serializer="raw", value_serializer="ccm_ledger"
-            ),
-            help="One PatientLedger per patient id (all its patient-months).",
+        self.table = self.app.tables.add(
+            LedgerTable(
+                self.app,
+                name=TABLE_NAME,
+                default=None,
+                partitions=s.partitions,
+                key_type=str,
+                help="One PatientLedger per patient id (all its patient-months).",
+            )
         )
-        # faust derives changelog serializers from key/value types; ours are set explicitly.
-        self.table.key_serializer = "raw"
-        self.table.value_serializer = "ccm_ledger"
         self.app.agent(self.input_topic, name="tally")(self._tally_agent)
         self.app.timer(s.close_tick_seconds, on_leader=False, name="close_due_months")(
             self._close_tick
@@ -296,8 +301,8 @@ class TallyWorker:
         trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
         outputs: list[Output] = []
         closed = 0
-        for patient_id, stored in list(self.table.data.items()):
-            ledger = touched.get(patient_id, stored)
+        ledgers = {**dict(self.table.data.items()), **touched}  # this batch's are not stored yet
+        for patient_id, ledger in ledgers.items():
             if ledger.partition != msg.partition:
                 continue
             produced = self.engine.close(ledger, command, trigger)

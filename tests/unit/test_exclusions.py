@@ -38,7 +38,14 @@ def test_rule_3_cms_counts_activities_only_bcbsm_excludes(activity: str) -> None
 
 @pytest.mark.parametrize(
     "activity",
-    ["email", "documentation", "gap_reminder", "chart_prep", "prior_authorization", "benefit_check"],
+    [
+        "email",
+        "documentation",
+        "gap_reminder",
+        "chart_prep",
+        "prior_authorization",
+        "benefit_check",
+    ],
 )
 def test_rule_3_bcbsm_excluded_activities(activity: str) -> None:
     """Rule 3: BCBSM excludes email, documentation, gap reminders, chart prep, PA, benefits."""

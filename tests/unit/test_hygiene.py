@@ -144,9 +144,7 @@ def test_rule_5_plausibility_bound_is_a_practice_setting() -> None:
     """Rule 5: the bound is the practice's own (here 120 minutes)."""
     config = CoreConfig(practices={"short": PracticeSettings(max_log_minutes=120)})
     harness = Harness(config)
-    results = harness.feed(
-        log("a", local(10), 121, practice_id="short"), log("b", local(10), 121)
-    )
+    results = harness.feed(log("a", local(10), 121, practice_id="short"), log("b", local(10), 121))
     assert [r.reason for r in results] == [Reason.DURATION_EXCEEDS_BOUND, None]
 
 
@@ -179,9 +177,7 @@ def test_rule_5_same_event_id_different_content_is_event_id_conflict() -> None:
     record = harness.record()
     assert record.qualifying_minutes == 40
     assert record.lines == []
-    assert [(r.event_id, r.reason) for r in record.rejected] == [
-        ("e1", Reason.EVENT_ID_CONFLICT)
-    ]
+    assert [(r.event_id, r.reason) for r in record.rejected] == [("e1", Reason.EVENT_ID_CONFLICT)]
 
 
 def test_rule_5_log_reusing_a_void_event_id_is_event_id_conflict() -> None:
@@ -244,3 +240,22 @@ def test_rule_5_unknown_practice_rejected_when_practices_are_required() -> None:
     )
     assert known.outcome is Outcome.COUNTED
     assert (unknown.outcome, unknown.reason) == (Outcome.REJECTED, Reason.UNKNOWN_PRACTICE)
+
+
+@pytest.mark.parametrize("rejected_first", [True, False])
+def test_rule_5_rejected_log_does_not_decide_the_month_payer(rejected_first: bool) -> None:
+    """Rule 5: a rejected log is kept but has no effect on billing. A 500-minute log
+    (duration_exceeds_bound) that says payer bcbsm must not make the patient-month a bcbsm
+    month and turn the valid 60-minute cms log into a payer_conflict: in either order, the
+    month bills 99487 under cms and lists only the over-long log as rejected."""
+    bad = log("bad", local(10, 6), 500, payer="bcbsm")
+    good = log("ok", local(11), 60, payer="cms")
+    harness = Harness()
+    harness.feed(*([bad, good] if rejected_first else [good, bad]))
+    harness.close_all()
+    record = harness.record()
+    assert record.payer == "cms"
+    assert lines_of(record) == {"99487": 1}
+    assert [(r.event_id, r.reason) for r in record.rejected] == [
+        ("bad", Reason.DURATION_EXCEEDS_BOUND)
+    ]

@@ -103,7 +103,9 @@ def test_rule_2_union_is_exact_wall_clock_time_with_seconds() -> None:
     record = bill(
         [
             log("a", start, end=start + timedelta(minutes=30, seconds=30)),
-            log("b", start + timedelta(minutes=30), end=start + timedelta(minutes=61), staff_id="x"),
+            log(
+                "b", start + timedelta(minutes=30), end=start + timedelta(minutes=61), staff_id="x"
+            ),
         ]
     )
     assert record.qualifying_seconds == 61 * 60

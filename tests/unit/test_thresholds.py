@@ -6,31 +6,10 @@ formula and the seed values for each profile.
 
 from __future__ import annotations
 
-import math
-
 import pytest
-from unit_helpers import Harness, bill, daily_logs, lines_of, local, log
+from unit_helpers import Harness, bill, daily_logs, lines_of, local, log, rules_lines
 
 from ccm_core.profiles import load_profiles
-
-
-def _rules_units(profile: str, minutes: int) -> dict[str, int]:
-    """Lines the rules file asks for, computed independently of ccm_core.profiles."""
-    if profile in ("cms", "medicaid", "priority_health"):
-        if minutes < 60:
-            return {}
-        addons = (minutes - 60) // 30  # each FULL 30 beyond 60, no rounding up
-        if profile == "priority_health":
-            addons = min(addons, 2)
-    elif profile == "bcbsm":
-        if minutes < 31:
-            return {}
-        # Decision: first unit when > 75, then each further STARTED 30-minute block
-        addons = 0 if minutes <= 75 else math.ceil((minutes - 75) / 30)
-    else:  # pragma: no cover - the table only has four profiles
-        raise AssertionError(profile)
-    return {"99487": 1, **({"99489": addons} if addons else {})}
-
 
 # ------------------------------------------------------------------ rule 1: cms
 
@@ -110,7 +89,9 @@ def test_rule_1_threshold_events_are_emitted_when_each_unit_is_reached() -> None
     harness.feed(log("a", local(3), 60))
     harness.feed(log("b", local(4), 30))
     harness.feed(log("c", local(5), 40))  # 130: unit 2 at 120, not yet unit 3 (150)
-    reached = [(t.code, t.unit, t.threshold_minutes, t.triggering_event_id) for t in harness.thresholds()]
+    reached = [
+        (t.code, t.unit, t.threshold_minutes, t.triggering_event_id) for t in harness.thresholds()
+    ]
     assert reached == [
         ("99487", 1, 60, "a"),
         ("99489", 1, 90, "b"),
@@ -212,7 +193,7 @@ def test_rule_1_and_3_profile_levels_match_the_rules_table_for_every_minute(name
     profile = load_profiles().get(name)
     assert profile is not None
     for minutes in range(401):
-        expected = _rules_units(name, minutes)
+        expected = rules_lines(name, minutes)
         level = profile.level_for(minutes)
         got: dict[str, int] = {}
         if level >= 1:

@@ -120,9 +120,7 @@ def test_rule_5_void_reusing_a_log_event_id_is_event_id_conflict() -> None:
 def test_rule_5_voiding_an_excluded_log_changes_no_threshold() -> None:
     """Rule 5: voiding an excluded log moves it from excluded to voided; totals unchanged."""
     harness = Harness()
-    harness.feed(
-        log("a", local(10), 60), log("pa", local(11), 20, activity="prior_authorization")
-    )
+    harness.feed(log("a", local(10), 60), log("pa", local(11), 20, activity="prior_authorization"))
     harness.feed(void("x", "pa", recorded_at=local(12)))
     assert [t.kind for t in harness.thresholds()] == ["reached"]
     harness.close_all()
@@ -142,3 +140,29 @@ def test_rule_1_reached_again_after_revoke_is_a_new_occurrence() -> None:
     assert events == [("reached", 1), ("revoked", 1), ("reached", 2)]
     ids = [o.envelope.id for o in harness.outputs if o.kind == "threshold"]
     assert len(set(ids)) == 3
+
+
+def test_rule_5_void_from_another_practice_has_the_same_effect_before_or_after_its_log() -> None:
+    """Rule 5: a void that arrives before its log has the effect it would have had after it.
+    The engine rejects (practice_mismatch) a void naming another practice's log when the log
+    is already there; the same void arriving first must not silently cancel the log."""
+    counted = log("a", local(10), 60)
+    foreign = void("x", "a", practice_id="other-practice", recorded_at=local(12))
+
+    after, before = Harness(), Harness()
+    after.feed(counted, foreign)
+    before.feed(foreign, counted)
+    after.close_all()
+    before.close_all()
+
+    def outcome(harness: Harness) -> tuple[object, ...]:
+        record = harness.record()
+        return (
+            lines_of(record),
+            record.qualifying_minutes,
+            [(line.event_id, line.status) for line in record.logs],
+            [(r.event_id, r.reason.value) for r in record.rejected],
+        )
+
+    assert outcome(after) == ({"99487": 1}, 60, [("a", "counted")], [("x", "practice_mismatch")])
+    assert outcome(before) == outcome(after)

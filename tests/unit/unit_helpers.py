@@ -213,3 +213,43 @@ def lines_of(record: BillingRecord) -> dict[str, int]:
 def comparable(record: BillingRecord) -> dict[str, Any]:
     """A record's content without the close metadata (when and why it was closed)."""
     return record.model_dump(mode="json", exclude={"closed_at", "close_trigger"})
+
+
+# ---------------------------------------------------------------- oracles from domain-rules.md
+# Written from the rules table (sections 1-3), independently of ccm_core.profiles, so that
+# tests compare the engine with the rules rather than with itself.
+
+_AS_CMS = {"prior_authorization", "benefit_check"}
+RULES_EXCLUDED_ACTIVITIES = {
+    "cms": _AS_CMS,
+    "bcbsm": _AS_CMS | {"documentation", "gap_reminder", "chart_prep", "email"},
+    "priority_health": _AS_CMS,
+    "medicaid": _AS_CMS,
+}
+
+
+def rules_counts(payer: str, role: str, licensed: bool, activity: str) -> bool:
+    """Whether a log's minutes count under ``payer`` (rules 2 and 3)."""
+    if activity in RULES_EXCLUDED_ACTIVITIES[payer]:
+        return False
+    if payer == "priority_health" and not licensed:
+        return False
+    return not (payer == "medicaid" and role == "physician")
+
+
+def rules_lines(payer: str, minutes: int) -> dict[str, int]:
+    """The claim lines the rules file asks for ``minutes`` qualifying minutes."""
+    if payer in ("cms", "medicaid", "priority_health"):
+        if minutes < 60:
+            return {}
+        addons = (minutes - 60) // 30  # each FULL 30 beyond 60, no rounding up
+        if payer == "priority_health":
+            addons = min(addons, 2)
+    elif payer == "bcbsm":
+        if minutes < 31:
+            return {}
+        # Decision: first unit when > 75, then each further STARTED 30-minute block
+        addons = 0 if minutes <= 75 else -(-(minutes - 75) // 30)
+    else:  # pragma: no cover - the table only has four profiles
+        raise AssertionError(payer)
+    return {"99487": 1, **({"99489": addons} if addons else {})}

@@ -168,13 +168,13 @@ class TallyWorker:
         started = time.perf_counter()
         now = datetime.now(UTC)
         touched: dict[str, PatientLedger] = {}
-        outputs: list[Output] = []
+        outputs: list[tuple[int, Output]] = []  # (partition, output): outputs stay co-partitioned
         control = self.settings.topics.month_close
         for event in events:
             msg = event.message
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == control:
-                outputs += self._close(raw, msg, now, touched)
+                outputs += [(msg.partition, o) for o in self._close(raw, msg, now, touched)]
                 continue
             key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
             source = Source(msg.topic, msg.partition, msg.offset)
@@ -192,7 +192,7 @@ class TallyWorker:
             if ledger is not None:
                 touched[ledger.patient_id] = ledger
             self._log_outcome(processed, source)
-            outputs += processed.outputs
+            outputs += [(msg.partition, o) for o in processed.outputs]
         await self.publish(outputs)
         for patient_id, ledger in touched.items():
             self.persist(patient_id, ledger)
@@ -222,14 +222,18 @@ class TallyWorker:
         self.table.data[patient_id] = ledger
         self.table.send_changelog(ledger.partition, patient_id, ledger)
 
-    async def publish(self, outputs: Iterable[Output]) -> None:
-        """Send outputs and wait until the broker acknowledged every one of them."""
-        producer = self.app.producer
+    async def publish(self, outputs: Iterable[tuple[int, Output]]) -> None:
+        """Send outputs to the input's partition number; wait until every one is acknowledged.
+
+        Under ``exactly_once`` the producer is faust's transaction manager, which sends each
+        message in the transaction of its partition, committed with the input offsets.
+        """
+        producer = await self.app.maybe_start_producer()
         pending = []
-        for out in outputs:
+        for partition, out in outputs:
             topic = self.out_topics[out.kind]
             fut = await producer.send(
-                topic, out.key.encode(), out.to_json().encode(), None, None, None
+                topic, out.key.encode(), out.to_json().encode(), partition, None, None
             )
             pending.append(fut)
             self._count_output(out)
@@ -337,7 +341,8 @@ class TallyWorker:
                 as_of=now,
                 requested_by="timer",
             )
-            await self.app.producer.send(
+            producer = await self.app.maybe_start_producer()
+            await producer.send(
                 control, None, command.model_dump_json().encode(), partition, None, None
             )
 

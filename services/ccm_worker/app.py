@@ -74,7 +74,7 @@ class LedgerCodec(codecs.Codec):
 codecs.register("ccm_ledger", LedgerCodec())
 
 
-class LedgerTable(faust.Table):  # type: ignore[misc]
+class LedgerTable(faust.Table[str, PatientLedger]):
     """The ledger table: raw patient-id keys, core-codec values on the changelog."""
 
     def _serializer_from_type(self, typ: Any) -> str:
@@ -140,16 +140,15 @@ class TallyWorker:
         }
         for name in self.out_topics.values():
             self.app.topic(name, partitions=s.partitions)
-        self.table = self.app.tables.add(
-            LedgerTable(
-                self.app,
-                name=TABLE_NAME,
-                default=None,
-                partitions=s.partitions,
-                key_type=str,
-                help="One PatientLedger per patient id (all its patient-months).",
-            )
+        self.table = LedgerTable(
+            self.app,
+            name=TABLE_NAME,
+            default=None,
+            partitions=s.partitions,
+            key_type=str,
+            help="One PatientLedger per patient id (all its patient-months).",
         )
+        self.app.tables.add(self.table)
         self.app.agent(self.input_topic, name="tally")(self._tally_agent)
         self.app.timer(s.close_tick_seconds, on_leader=False, name="close_due_months")(
             self._close_tick

@@ -137,7 +137,7 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     broker.set_defaults(func=cmd_broker)
 
     try:
-        from ccm_simulator.cli import add_simulator_args, run_simulator
+        from ccm_simulator.__main__ import add_simulator_args, run_simulator
     except ImportError:
         pass
     else:

@@ -16,15 +16,15 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
 from ccm_core.settings import Settings, Topics
+from ccm_worker import ops
 from ccm_worker.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,82 +195,11 @@ def send_close(stack: Stack, command: dict[str, Any]) -> None:
     asyncio.run(run())
 
 
-async def _committed_lag(stack: Stack) -> int:
-    """Input messages not yet committed by the worker group (timelog + control topics)."""
-    topics = [stack.topics.timelog, stack.topics.month_close]
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
-    await consumer.start()
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(stack.partitions)]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(f"ccm-{stack.name}")
-        lag = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
-        return lag
-    finally:
-        await admin.close()
-        await consumer.stop()
-
-
 def wait_processed(stack: Stack, timeout: float = 120.0) -> None:
     """Block until the worker group has committed every input message."""
-    deadline = time.monotonic() + timeout
-    lag = -1
-    while time.monotonic() < deadline:
-        lag = asyncio.run(_committed_lag(stack))
-        if lag == 0:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{lag} input messages still unprocessed after {timeout}s")
-
-
-async def _collect(
-    bootstrap: str, topics: Sequence[str], partitions: int
-) -> dict[str, list[dict[str, Any]]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp: end for tp, end in ends.items() if end > 0}
-        deadline = time.monotonic() + 60
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.value is not None:
-                        out[tp.topic].append(json.loads(m.value))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    remaining.pop(tp)
-        if remaining:
-            raise TimeoutError(f"could not read outputs up to their end: {remaining}")
-        return out
-    finally:
-        await consumer.stop()
+    asyncio.run(ops.wait_processed(stack.settings, timeout))
 
 
 def collect(stack: Stack) -> dict[str, list[dict[str, Any]]]:
     """Every output message so far: {"threshold": [...], "billing_record": [...], "dlq": [...]}"""
-    t = stack.topics
-    raw = asyncio.run(
-        _collect(stack.bootstrap, [t.threshold, t.billing_record, t.dlq], stack.partitions)
-    )
-    return {
-        "threshold": raw[t.threshold],
-        "billing_record": raw[t.billing_record],
-        "dlq": raw[t.dlq],
-    }
+    return asyncio.run(ops.read_outputs(stack.settings))

@@ -20,7 +20,6 @@ import pytest
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.ingest import LocalTally, Source
 from ccm_simulator.generator import SimulationSpec, generate
-
 from tests.integration.harness import (
     Stack,
     WorkerProcess,

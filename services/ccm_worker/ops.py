@@ -1,0 +1,106 @@
+"""Operator-side helpers over Kafka: how far the workers are, and what they published.
+
+Used by the demo, the integration tests and the benchmarks; plain aiokafka, no faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ccm_core.settings import Settings
+
+
+async def committed_lag(settings: Settings) -> int:
+    """Input messages (time logs and close commands) the worker group has not committed yet."""
+    topics = [settings.topics.timelog, settings.topics.month_close]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    await admin.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        lag = 0
+        for tp in tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag += max(0, ends[tp] - done)
+        return lag
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+async def wait_processed(
+    settings: Settings,
+    timeout: float = 300.0,
+    progress: Any = None,
+) -> None:
+    """Wait until the worker group has committed every input message."""
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        lag = await committed_lag(settings)
+        if progress is not None:
+            progress(lag)
+        if lag == 0:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"{lag} input messages still unprocessed after {timeout}s")
+
+
+async def read_all(
+    bootstrap: str, topics: Sequence[str], partitions: int, timeout: float = 120.0
+) -> dict[str, list[dict[str, Any]]]:
+    """Every message of ``topics`` up to their current end, decoded as JSON (read_committed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp: end for tp, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for tp, messages in batch.items():
+                out[tp.topic].extend(json.loads(m.value) for m in messages if m.value is not None)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= remaining[tp]:
+                    remaining.pop(tp)
+        if remaining:
+            raise TimeoutError(f"could not read outputs up to their end: {remaining}")
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """{"threshold": [...], "billing_record": [...], "dlq": [...]} as published so far."""
+    t = settings.topics
+    raw = await read_all(
+        settings.kafka_bootstrap_servers,
+        [t.threshold, t.billing_record, t.dlq],
+        settings.partitions,
+    )
+    return {
+        "threshold": raw[t.threshold],
+        "billing_record": raw[t.billing_record],
+        "dlq": raw[t.dlq],
+    }

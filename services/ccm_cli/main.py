@@ -21,6 +21,14 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--practices", type=Path, help="practice settings (TOML)")
 
 
+def aware_datetime(text: str) -> datetime:
+    """An ISO 8601 timestamp that must carry a UTC offset (records never lose their zone)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. 2026-04-06T00:00Z)")
+    return moment
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     engine = TallyEngine(load_config(args.profiles, args.practices))
     tally = LocalTally(engine)
@@ -80,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, help="write outputs here instead of stdout")
     replay.add_argument(
         "--as-of",
-        type=datetime.fromisoformat,
+        type=aware_datetime,
         help="close time written on records (default: latest recorded_at in the input)",
     )
     replay.add_argument("--no-close", action="store_true", help="do not close months at the end")

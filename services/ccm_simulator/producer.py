@@ -56,6 +56,9 @@ ProducerFactory = Callable[..., Any]
 ``create_batch``, ``send_batch``, ``stop``) from keyword settings; tests inject a fake."""
 
 
+_EPSILON = 1e-9
+
+
 class TokenBucket:
     """Rate limiter: ``rate`` tokens per second, bursts of up to ``capacity`` tokens."""
 
@@ -83,9 +86,9 @@ class TokenBucket:
 
     def try_take(self, tokens: float = 1.0) -> bool:
         """Spend ``tokens`` if they are available now."""
-        if self.tokens < tokens:
+        if self.tokens < tokens - _EPSILON:
             self._refill()
-            if self.tokens < tokens:
+            if self.tokens < tokens - _EPSILON:
                 return False
         self.tokens -= tokens
         return True
@@ -93,8 +96,9 @@ class TokenBucket:
     async def take(self, tokens: float = 1.0) -> None:
         """Wait until ``tokens`` are available, then spend them."""
         self._refill()
-        while self.tokens < tokens:
-            await self._sleep((tokens - self.tokens) / self.rate)
+        while self.tokens < tokens - _EPSILON:
+            # never sleep less than 0.1 ms: a tiny deficit must not spin on float rounding
+            await self._sleep(max((tokens - self.tokens) / self.rate, 1e-4))
             self._refill()
         self.tokens -= tokens
 
@@ -235,7 +239,11 @@ async def produce(
     stats = ProduceStats()
     bucket: TokenBucket | None = None
     started = time.perf_counter()
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # release what start() opened before it failed
+        raise
     try:
         found = await producer.partitions_for(topic)
         if not found:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ccm_cli.main import aware_datetime
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 
@@ -127,7 +128,7 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     target.add_argument("--month", help="service month YYYY-MM (with --practice)")
     target.add_argument("--due", action="store_true", help="close every month past its grace")
     close.add_argument("--practice", help="practice id")
-    close.add_argument("--as-of", type=datetime.fromisoformat, help="close time (default now)")
+    close.add_argument("--as-of", type=aware_datetime, help="close time (default now)")
     close.add_argument("--command-id", help="idempotency id of the command")
     close.add_argument("--requested-by", help="who asked (kept on the command)")
     close.set_defaults(func=cmd_close)

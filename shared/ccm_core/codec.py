@@ -69,6 +69,7 @@ def _month(m: MonthTally) -> list[Any]:
         [list(r) for r in m.rejected],
         m.revision,
         m.record_digest,
+        m.payer_fixed,
     ]
 
 
@@ -88,6 +89,7 @@ def _unmonth(a: list[Any]) -> MonthTally:
         rejected=[(r[0], r[1], r[2]) for r in a[10]],
         revision=a[11],
         record_digest=a[12],
+        payer_fixed=a[13],
     )
     m.intervals = sorted((e.start, e.end) for e in logs if e.counted)
     return m

@@ -383,6 +383,17 @@ class Envelope(_Wire, Generic[DataT]):
     data: SerializeAsAny[DataT]
 
 
+ThresholdEnvelope = Envelope[ThresholdEvent]
+BillingRecordEnvelope = Envelope[BillingRecord]
+RejectedInputEnvelope = Envelope[RejectedInput]
+OutputEnvelope = ThresholdEnvelope | BillingRecordEnvelope | RejectedInputEnvelope
+
+ENVELOPES: dict[type[BaseModel], type[OutputEnvelope]] = {
+    ThresholdEvent: ThresholdEnvelope,
+    BillingRecord: BillingRecordEnvelope,
+    RejectedInput: RejectedInputEnvelope,
+}
+
 OUTPUT_TYPES: dict[type[BaseModel], str] = {
     ThresholdEvent: "org.ccmtally.threshold.v1",
     BillingRecord: "org.ccmtally.billing-record.v1",

@@ -13,12 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .contracts import (
     INPUT_ADAPTER,
-    OUTPUT_TYPES,
-    Envelope,
     MonthCloseCommand,
     Outcome,
     Reason,
@@ -27,7 +25,7 @@ from .contracts import (
     TimeLogVoided,
     reason_from_validation_error,
 )
-from .tally import Output, PatientLedger, Result, TallyEngine, stable_id
+from .tally import Output, PatientLedger, Result, TallyEngine, envelope, stable_id
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -96,13 +94,8 @@ def rejected_output(
     digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     oid = stable_id("rejected", source.topic, source.partition, source.offset, reason, digest)
     out_key = key or patient or ""
-    env = Envelope[BaseModel](
-        id=oid,
-        type=OUTPUT_TYPES[RejectedInput],
-        subject=f"{source.topic}/{source.partition}/{source.offset}",
-        time=at,
-        data=data,
-    )
+    subject = f"{source.topic}/{source.partition}/{source.offset}"
+    env = envelope(data, oid, subject, at)
     return Output("rejected", out_key, env)
 
 

@@ -23,22 +23,22 @@ import hashlib
 from bisect import insort
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal
-
-from pydantic import BaseModel
+from typing import Any, Literal
 
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
+    ENVELOPES,
     OUTPUT_TYPES,
     Activity,
     BillingLine,
     BillingRecord,
-    Envelope,
     LogLine,
     MonthCloseCommand,
     MonthSummary,
     Outcome,
+    OutputEnvelope,
     Reason,
+    RejectedInput,
     RejectedLine,
     Role,
     ThresholdEvent,
@@ -122,6 +122,7 @@ class MonthTally:
     payer: str
     profile_version: str
     time_zone: str
+    payer_fixed: bool = True  # False while only rejected logs opened the month
     logs: dict[str, LogEntry] = field(default_factory=dict)
     intervals: list[tuple[int, int]] = field(default_factory=list)  # counted, sorted
     qualifying_seconds: int = 0
@@ -198,7 +199,7 @@ class Output:
 
     kind: OutputKind
     key: str
-    envelope: Envelope[BaseModel]
+    envelope: OutputEnvelope
 
     def to_json(self) -> str:
         return self.envelope.model_dump_json()
@@ -215,11 +216,24 @@ class Result:
 
 
 def envelope(
-    data: ThresholdEvent | BillingRecord, event_id: str, subject: str, time: datetime
-) -> Envelope[BaseModel]:
-    return Envelope[BaseModel](
-        id=event_id, type=OUTPUT_TYPES[type(data)], subject=subject, time=time, data=data
+    data: ThresholdEvent | BillingRecord | RejectedInput,
+    event_id: str,
+    subject: str,
+    time: datetime,
+) -> OutputEnvelope:
+    """Wrap ``data`` (already validated) in its CloudEvents envelope."""
+    cls: Any = ENVELOPES[type(data)]
+    made: OutputEnvelope = cls.model_construct(
+        specversion="1.0",
+        id=event_id,
+        source="ccm-tally",
+        type=OUTPUT_TYPES[type(data)],
+        subject=subject,
+        time=time,
+        datacontenttype="application/json",
+        data=data,
     )
+    return made
 
 
 class TallyEngine:
@@ -281,10 +295,15 @@ class TallyEngine:
             reason, message = problem
             if reason is Reason.PAST_TIMELY_FILING:  # do not open ancient months
                 return self._reject(reason, message, eid)
-            self._month(ledger, key, event.payer, profile, practice)
+            opened = self._month(ledger, key, event.payer, profile, practice)
+            if not opened.logs:  # a rejected log lists itself but does not decide the payer
+                opened.payer_fixed = False
             return self._reject_in_month(ledger, key, eid, reason, message, event.recorded_at)
 
         tally = self._month(ledger, key, event.payer, profile, practice)
+        if not tally.payer_fixed:  # the first accepted log decides the month's payer
+            tally.payer, tally.profile_version = event.payer, profile.version
+            tally.payer_fixed = True
         if tally.payer != event.payer:
             return self._reject_in_month(
                 ledger,
@@ -313,6 +332,12 @@ class TallyEngine:
         ledger.where[eid] = key
         outputs: list[Output] = []
         void_id = ledger.pending.pop(eid, None)
+        if void_id is not None and ledger.voids[void_id].practice_id != event.practice_id:
+            # the early void named another practice: as if it came after the log, it is
+            # rejected (listed on the record) and the log stands
+            line = (void_id, Reason.PRACTICE_MISMATCH.value, _OTHER_PRACTICE)
+            tally.rejected.append(line)
+            void_id = None
         if void_id is not None:  # the void came first: the log arrives cancelled
             void = ledger.voids[void_id]
             entry.voided_by, entry.void_reason = void.event_id, void.reason
@@ -367,7 +392,7 @@ class TallyEngine:
                 key,
                 eid,
                 Reason.PRACTICE_MISMATCH,
-                "the voided log belongs to another practice",
+                _OTHER_PRACTICE,
                 event.recorded_at,
             )
         tally = ledger.months[key]
@@ -564,11 +589,14 @@ class TallyEngine:
                 else self._threshold_met_date(tally, profile)
             )
         counted = [e for e in tally.logs.values() if e.counted]
-        counted_minutes = sum((e.end - e.start) // 60 for e in counted)
-        by_rule: dict[str, int] = {}
+        counted_minutes = sum(e.end - e.start for e in counted) // 60
+        by_rule_seconds: dict[str, int] = {}
         for e in tally.logs.values():
             if e.excluded_by is not None and e.voided_by is None:
-                by_rule[e.excluded_by] = by_rule.get(e.excluded_by, 0) + (e.end - e.start) // 60
+                by_rule_seconds[e.excluded_by] = (
+                    by_rule_seconds.get(e.excluded_by, 0) + e.end - e.start
+                )
+        by_rule = {rule: secs // 60 for rule, secs in by_rule_seconds.items()}
         max_level = profile.max_level()
         to_next = (
             None
@@ -591,7 +619,7 @@ class TallyEngine:
             "qualifying_seconds": tally.qualifying_seconds,
             "counted_log_minutes": counted_minutes,
             "overlap_minutes": max(0, counted_minutes - tally.qualifying_minutes),
-            "excluded_minutes": sum(by_rule.values()),
+            "excluded_minutes": sum(by_rule_seconds.values()) // 60,
             "excluded_minutes_by_rule": dict(sorted(by_rule.items())),
             "minutes_to_next_threshold": to_next,
             "contributing_event_ids": sorted(e.event_id for e in counted),
@@ -642,7 +670,9 @@ class TallyEngine:
         done = 0
         for start, end in merged(tally.intervals):
             if done + (end - start) >= need:
-                return local_date(start + (need - done), tally.time_zone)
+                # a log crossing local midnight at month end stays in its start month
+                met = local_date(start + (need - done), tally.time_zone)
+                return min(met, last_day(tally.service_month))
             done += end - start
         return last_day(tally.service_month)
 
@@ -673,6 +703,7 @@ class TallyEngine:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OTHER_PRACTICE = "the voided log belongs to another practice"
 
 
 def _log_order(entry: LogEntry) -> tuple[int, int, str]:

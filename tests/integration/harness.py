@@ -63,7 +63,7 @@ class Stack:
             app_id=f"ccm-{self.name}",
             partitions=self.partitions,
             topics=self.topics,
-            processing_guarantee=self.guarantee,  # type: ignore[arg-type]
+            processing_guarantee=self.guarantee,
         )
 
     def env(self, web_port: int, data_dir: Path) -> dict[str, str]:

@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from unit_helpers import CLOSE_AT, PATIENT, local, log, void
 
 from ccm_core import codec
 from ccm_core.contracts import INPUT_ADAPTER, MonthCloseCommand
 from ccm_core.tally import Output, PatientLedger, TallyEngine
+from tests.unit.unit_helpers import CLOSE_AT, PATIENT, local, log, void
 
 BEFORE: list[dict[str, Any]] = [
     log("a", local(10), 40, staff_name="Jane Doe", credentials="RN, BSN"),

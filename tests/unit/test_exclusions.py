@@ -4,7 +4,8 @@ licensure, activity), each excluded log naming the rule that excluded it."""
 from __future__ import annotations
 
 import pytest
-from unit_helpers import bill, lines_of, local, log
+
+from tests.unit.unit_helpers import bill, lines_of, local, log
 
 # ------------------------------------------------------------------ rule 2 decision: cms
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from unit_helpers import Harness, lines_of, local, log
 
 from ccm_core.config import CoreConfig, PracticeSettings
 from ccm_core.contracts import Outcome, Reason, RejectedInput
 from ccm_core.ingest import decode
+from tests.unit.unit_helpers import Harness, lines_of, local, log, void
 
 
 def _good(**changes: Any) -> dict[str, Any]:
@@ -182,8 +182,6 @@ def test_rule_5_same_event_id_different_content_is_event_id_conflict() -> None:
 
 def test_rule_5_log_reusing_a_void_event_id_is_event_id_conflict() -> None:
     """Rule 5: an id already used by a void cannot be reused by a log."""
-    from unit_helpers import void
-
     harness = Harness()
     harness.feed(log("e1", local(10), 40), void("v1", "e1"))
     clash = harness.feed_one(log("v1", local(12), 40))

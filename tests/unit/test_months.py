@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from unit_helpers import PRACTICE, Harness, lines_of, local, log
-
 from ccm_core.config import CoreConfig, PracticeSettings
 from ccm_core.months import add_months, last_day, local_month, month_end, next_month
+from tests.unit.unit_helpers import PRACTICE, Harness, lines_of, local, log
 
 
 def test_rule_4_default_practice_time_zone_is_america_detroit() -> None:

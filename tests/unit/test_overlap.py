@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from unit_helpers import bill, lines_of, local, log
+
+from tests.unit.unit_helpers import bill, lines_of, local, log
 
 COUNTING_ACTIVITIES = [
     "home_health_coordination",

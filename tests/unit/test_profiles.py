@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from unit_helpers import bill, lines_of, local, log
 
 from ccm_core.config import CoreConfig, load_config
 from ccm_core.contracts import Activity, Role
 from ccm_core.profiles import load_profiles, parse_profiles
+from tests.unit.unit_helpers import bill, lines_of, local, log
 
 CUSTOM = """
 [profiles.acme_health]

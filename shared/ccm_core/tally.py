@@ -20,6 +20,7 @@ Rules implemented here (section numbers of ``domain-rules.md``):
 from __future__ import annotations
 
 import hashlib
+import zlib
 from bisect import insort
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -46,7 +47,7 @@ from .contracts import (
     TimeLogVoided,
     VoidReason,
 )
-from .months import add_months, close_deadline, last_day, local_date, local_month
+from .months import add_months, close_deadline, last_day, local_date, local_month_of_epoch
 from .profiles import PayerProfile
 
 MonthKey = tuple[str, str]
@@ -71,12 +72,39 @@ def fingerprint(event: TimeLogged | TimeLogVoided) -> str:
     return hashlib.blake2b(event.model_dump_json().encode(), digest_size=8).hexdigest()
 
 
+def extra_fingerprint(recorded_at: int, note: str | None) -> str:
+    """What a log's content holds beyond its :class:`LogEntry` fields: time recorded, note."""
+    if note is None:
+        return str(recorded_at)
+    return f"{recorded_at}:{zlib.crc32(note.encode()):08x}"
+
+
+def same_log(entry: LogEntry, event: TimeLogged, tally: MonthTally) -> bool:
+    """Is ``event`` an identical redelivery of the stored log (same content, field by field)?"""
+    start = int(event.start.timestamp())
+    end = int(event.computed_end.timestamp())
+    return (
+        entry.start == start
+        and entry.end == end
+        and entry.fingerprint == extra_fingerprint(int(event.recorded_at.timestamp()), event.note)
+        and tally.practice_id == event.practice_id
+        and tally.payer == event.payer
+        and entry.staff_id == event.staff_id
+        and entry.staff_name == event.staff_name
+        and entry.role is event.role
+        and entry.credentials == event.credentials
+        and entry.licensed == event.licensed
+        and entry.activity is event.activity
+        and entry.agency_contacted == event.agency_contacted
+    )
+
+
 @dataclass(slots=True)
 class LogEntry:
     """One accepted ``time_logged`` of a patient-month."""
 
     event_id: str
-    fingerprint: str
+    fingerprint: str  # extra_fingerprint: recorded_at and note, not kept as fields
     start: int  # epoch seconds
     end: int
     staff_id: str
@@ -106,7 +134,7 @@ class VoidEntry:
     """One accepted ``time_log_voided``; ``applied`` once its log has been seen."""
 
     event_id: str
-    fingerprint: str
+    fingerprint: str  # extra_fingerprint: recorded_at and note, not kept as fields
     practice_id: str
     voided_event_id: str
     reason: VoidReason
@@ -142,9 +170,21 @@ class MonthTally:
         return self.qualifying_seconds // 60
 
     def add_interval(self, start: int, end: int) -> None:
-        """Insert a counted interval and update the union length incrementally."""
-        insort(self.intervals, (start, end))
-        self.qualifying_seconds = union_seconds(self.intervals)
+        """Insert a counted interval and update the union length.
+
+        Logs mostly arrive in service order: an interval starting at or after every counted
+        one only extends the union past its current end (O(1)); any other is inserted and the
+        union recomputed.
+        """
+        intervals = self.intervals
+        if not intervals or start >= intervals[-1][0]:
+            reach = max(e for _, e in intervals) if intervals else start
+            intervals.append((start, end))
+            if end > reach:
+                self.qualifying_seconds += end - max(start, reach)
+        else:
+            insort(intervals, (start, end))
+            self.qualifying_seconds = union_seconds(intervals)
 
     def recount(self) -> None:
         self.intervals = sorted((e.start, e.end) for e in self.logs.values() if e.counted)
@@ -193,7 +233,7 @@ class PatientLedger:
         self.where = {eid: key for key, m in self.months.items() for eid in m.logs}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """One message to publish: which stream, its key (the patient id) and its envelope."""
 
@@ -205,7 +245,7 @@ class Output:
         return self.envelope.model_dump_json()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     outcome: Outcome
     outputs: list[Output]
@@ -222,16 +262,9 @@ def envelope(
     time: datetime,
 ) -> OutputEnvelope:
     """Wrap ``data`` (already validated) in its CloudEvents envelope."""
-    cls: Any = ENVELOPES[type(data)]
-    made: OutputEnvelope = cls.model_construct(
-        specversion="1.0",
-        id=event_id,
-        source="ccm-tally",
-        type=OUTPUT_TYPES[type(data)],
-        subject=subject,
-        time=time,
-        datacontenttype="application/json",
-        data=data,
+    cls: Any = ENVELOPES[type(data)]  # validating is faster than model_construct here
+    made: OutputEnvelope = cls(
+        id=event_id, type=OUTPUT_TYPES[type(data)], subject=subject, time=time, data=data
     )
     return made
 
@@ -255,12 +288,11 @@ class TallyEngine:
         return self._apply_void(ledger, event)
 
     def _apply_log(self, ledger: PatientLedger, event: TimeLogged) -> Result:
-        fp = fingerprint(event)
         eid = event.event_id
         known = ledger.where.get(eid)
         if known is not None:
-            entry = ledger.months[known].logs[eid]
-            if entry.fingerprint == fp:
+            tally = ledger.months[known]
+            if same_log(tally.logs[eid], event, tally):
                 return Result(Outcome.DUPLICATE, [], month=known)
             return self._reject_in_month(
                 ledger,
@@ -286,11 +318,12 @@ class TallyEngine:
         practice = self.config.practice(event.practice_id)
         if practice is None:
             return self._reject(Reason.UNKNOWN_PRACTICE, "practice_id is not configured", eid)
-        start, end = epoch(event.start), epoch(event.computed_end)
-        month = local_month(event.start, practice.time_zone)
-        key: MonthKey = (event.practice_id, month)
+        start = int(event.start.timestamp())
+        end = start + event.minutes * 60 if event.minutes else int(event.computed_end.timestamp())
+        recorded = int(event.recorded_at.timestamp())
+        key: MonthKey = (event.practice_id, local_month_of_epoch(start, practice.time_zone))
 
-        problem = self._hygiene(event, practice, start, end)
+        problem = self._hygiene(practice, start, end, recorded)
         if problem is not None:
             reason, message = problem
             if reason is Reason.PAST_TIMELY_FILING:  # do not open ancient months
@@ -316,7 +349,7 @@ class TallyEngine:
 
         entry = LogEntry(
             event_id=eid,
-            fingerprint=fp,
+            fingerprint=extra_fingerprint(recorded, event.note),
             start=start,
             end=end,
             staff_id=event.staff_id,
@@ -410,22 +443,25 @@ class TallyEngine:
         outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
         return Result(Outcome.VOIDED, outputs, detail=f"voided:{target}", month=key)
 
+    @staticmethod
     def _hygiene(
-        self, event: TimeLogged, practice: PracticeSettings, start: int, end: int
+        practice: PracticeSettings, start: int, end: int, recorded: int
     ) -> tuple[Reason, str] | None:
         if end - start > practice.max_log_minutes * 60:
             return (
                 Reason.DURATION_EXCEEDS_BOUND,
                 f"a single log may not exceed {practice.max_log_minutes} minutes",
             )
-        service_day = local_date(start, practice.time_zone)
-        filed_day = local_date(epoch(event.recorded_at), practice.time_zone)
-        if filed_day > add_months(service_day, practice.timely_filing_months):
-            return (
-                Reason.PAST_TIMELY_FILING,
-                f"recorded more than {practice.timely_filing_months} months after the service",
-            )
-        if epoch(event.recorded_at) + practice.clock_skew_minutes * 60 < end:
+        # timely filing: calendar months in the practice's zone, computed only near the bound
+        if recorded - start > (practice.timely_filing_months * 28 - 2) * 86400:
+            tz = practice.time_zone
+            months = practice.timely_filing_months
+            if local_date(recorded, tz) > add_months(local_date(start, tz), months):
+                return (
+                    Reason.PAST_TIMELY_FILING,
+                    f"recorded more than {months} months after the service",
+                )
+        if recorded + practice.clock_skew_minutes * 60 < end:
             return (Reason.RECORDED_BEFORE_SERVICE, "recorded_at is before the end of the work")
         return None
 

@@ -41,6 +41,7 @@ def month_end(month: str, tz: str) -> datetime:
     return datetime.combine(date(year, mon, 1), time(0), zone(tz)).astimezone(UTC)
 
 
+@lru_cache(maxsize=4096)
 def close_deadline(month: str, tz: str, grace_days: int) -> datetime:
     """When the timer closes a month: local month end plus the grace period."""
     return month_end(month, tz) + timedelta(days=grace_days)

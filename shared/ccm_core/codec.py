@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .contracts import Activity, Role, VoidReason
-from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry
+from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry, shared
 
 LAYOUT_VERSION = 1
 
@@ -41,14 +41,14 @@ def _unlog(a: list[Any]) -> LogEntry:
         a[1],
         a[2],
         a[3],
-        a[4],
-        a[5],
+        shared(a[4]),
+        shared(a[5]),
         Role(a[6]),
-        a[7],
+        shared(a[7]),
         a[8],
         Activity(a[9]),
-        a[10],
-        a[11],
+        shared(a[10]),
+        shared(a[11]),
         a[12],
         VoidReason(a[13]) if a[13] else None,
     )
@@ -127,7 +127,6 @@ def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
         v[0]: VoidEntry(v[0], v[1], v[2], v[3], VoidReason(v[4]), v[5]) for v in data["vo"]
     }
     ledger.pending = dict(data["pe"])
-    ledger.reindex()
     return ledger
 
 

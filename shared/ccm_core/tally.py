@@ -20,11 +20,12 @@ Rules implemented here (section numbers of ``domain-rules.md``):
 from __future__ import annotations
 
 import hashlib
+import sys
 import zlib
 from bisect import insort
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
@@ -72,11 +73,20 @@ def fingerprint(event: TimeLogged | TimeLogVoided) -> str:
     return hashlib.blake2b(event.model_dump_json().encode(), digest_size=8).hexdigest()
 
 
-def extra_fingerprint(recorded_at: int, note: str | None) -> str:
-    """What a log's content holds beyond its :class:`LogEntry` fields: time recorded, note."""
-    if note is None:
-        return str(recorded_at)
-    return f"{recorded_at}:{zlib.crc32(note.encode()):08x}"
+@overload
+def shared(text: str) -> str: ...
+@overload
+def shared(text: None) -> None: ...
+def shared(text: str | None) -> str | None:
+    """One copy of strings that repeat across logs (staff, credentials, rules): memory."""
+    return None if text is None else sys.intern(text)
+
+
+def extra_fingerprint(recorded_at: int, note: str | None) -> int:
+    """What a log's content holds beyond its :class:`LogEntry` fields: time recorded and note,
+    packed in one int (recorded_at seconds above a CRC-32 of the note)."""
+    crc = 0 if note is None else zlib.crc32(note.encode()) + 1
+    return (recorded_at << 33) | crc
 
 
 def same_log(entry: LogEntry, event: TimeLogged, tally: MonthTally) -> bool:
@@ -104,7 +114,7 @@ class LogEntry:
     """One accepted ``time_logged`` of a patient-month."""
 
     event_id: str
-    fingerprint: str  # extra_fingerprint: recorded_at and note, not kept as fields
+    fingerprint: int  # extra_fingerprint: recorded_at and note, not kept as fields
     start: int  # epoch seconds
     end: int
     staff_id: str
@@ -134,7 +144,7 @@ class VoidEntry:
     """One accepted ``time_log_voided``; ``applied`` once its log has been seen."""
 
     event_id: str
-    fingerprint: str  # extra_fingerprint: recorded_at and note, not kept as fields
+    fingerprint: str  # content hash of the void event
     practice_id: str
     voided_event_id: str
     reason: VoidReason
@@ -227,10 +237,14 @@ class PatientLedger:
     months: dict[MonthKey, MonthTally] = field(default_factory=dict)
     voids: dict[str, VoidEntry] = field(default_factory=dict)  # void event id -> void
     pending: dict[str, str] = field(default_factory=dict)  # voided log id -> void event id
-    where: dict[str, MonthKey] = field(default_factory=dict)  # log id -> month (derived)
 
-    def reindex(self) -> None:
-        self.where = {eid: key for key, m in self.months.items() for eid in m.logs}
+    def month_of_log(self, event_id: str) -> MonthKey | None:
+        """The patient-month holding a log id (a patient has few months: a scan is cheap and
+        saves an index entry per log)."""
+        for key, month in self.months.items():
+            if event_id in month.logs:
+                return key
+        return None
 
 
 @dataclass(slots=True)
@@ -289,7 +303,7 @@ class TallyEngine:
 
     def _apply_log(self, ledger: PatientLedger, event: TimeLogged) -> Result:
         eid = event.event_id
-        known = ledger.where.get(eid)
+        known = ledger.month_of_log(eid)
         if known is not None:
             tally = ledger.months[known]
             if same_log(tally.logs[eid], event, tally):
@@ -352,17 +366,16 @@ class TallyEngine:
             fingerprint=extra_fingerprint(recorded, event.note),
             start=start,
             end=end,
-            staff_id=event.staff_id,
-            staff_name=event.staff_name,
+            staff_id=shared(event.staff_id),
+            staff_name=shared(event.staff_name),
             role=event.role,
-            credentials=event.credentials,
+            credentials=shared(event.credentials),
             licensed=event.licensed,
             activity=event.activity,
-            agency_contacted=event.agency_contacted,
-            excluded_by=profile.exclusion_rule(event.role, event.licensed, event.activity),
+            agency_contacted=shared(event.agency_contacted),
+            excluded_by=shared(profile.exclusion_rule(event.role, event.licensed, event.activity)),
         )
         tally.logs[eid] = entry
-        ledger.where[eid] = key
         outputs: list[Output] = []
         void_id = ledger.pending.pop(eid, None)
         if void_id is not None and ledger.voids[void_id].practice_id != event.practice_id:
@@ -390,20 +403,22 @@ class TallyEngine:
         seen = ledger.voids.get(eid)
         if seen is not None:
             if seen.fingerprint == fp:
-                return Result(Outcome.DUPLICATE, [], month=ledger.where.get(seen.voided_event_id))
+                return Result(
+                    Outcome.DUPLICATE, [], month=ledger.month_of_log(seen.voided_event_id)
+                )
             return self._reject(
                 Reason.EVENT_ID_CONFLICT,
                 "event_id was already used for a void with different content",
                 eid,
             )
-        if eid in ledger.where:
+        if ledger.month_of_log(eid) is not None:
             return self._reject(Reason.EVENT_ID_CONFLICT, "event_id was already used by a log", eid)
         target = event.voided_event_id
         if target in ledger.voids:
             return self._reject(
                 Reason.INVALID_FIELD, "voided_event_id names a void, not a log", eid
             )
-        key = ledger.where.get(target)
+        key = ledger.month_of_log(target)
         void = VoidEntry(
             event_id=eid,
             fingerprint=fp,

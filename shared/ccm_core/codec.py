@@ -91,7 +91,7 @@ def _unmonth(a: list[Any]) -> MonthTally:
         record_digest=a[12],
         payer_fixed=a[13],
     )
-    m.intervals = sorted((e.start, e.end) for e in logs if e.counted)
+    m.recount()  # derived: counted intervals and their union
     return m
 
 

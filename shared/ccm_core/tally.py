@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import zlib
-from bisect import insort
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal, overload
@@ -162,7 +162,9 @@ class MonthTally:
     time_zone: str
     payer_fixed: bool = True  # False while only rejected logs opened the month
     logs: dict[str, LogEntry] = field(default_factory=dict)
-    intervals: list[tuple[int, int]] = field(default_factory=list)  # counted, sorted
+    starts: list[int] = field(default_factory=list)  # counted intervals, sorted (start, end)
+    ends: list[int] = field(default_factory=list)
+    reach: int = 0  # latest end of the counted intervals
     qualifying_seconds: int = 0
     level: int = 0  # thresholds currently reached (0 none, 1 entry code, 1+n add-ons)
     reached: dict[int, int] = field(default_factory=dict)  # level -> times reached
@@ -179,26 +181,39 @@ class MonthTally:
     def qualifying_minutes(self) -> int:
         return self.qualifying_seconds // 60
 
+    @property
+    def intervals(self) -> list[tuple[int, int]]:
+        """Counted intervals as (start, end) pairs, sorted."""
+        return list(zip(self.starts, self.ends, strict=True))
+
     def add_interval(self, start: int, end: int) -> None:
         """Insert a counted interval and update the union length.
 
-        Logs mostly arrive in service order: an interval starting at or after every counted
-        one only extends the union past its current end (O(1)); any other is inserted and the
-        union recomputed.
+        Logs mostly arrive in service order: an interval sorting after every counted one only
+        extends the union past its current reach (O(1)); any other is inserted and the union
+        recomputed. Two int lists rather than a list of tuples: 48 bytes less per log.
         """
-        intervals = self.intervals
-        if not intervals or start >= intervals[-1][0]:
-            reach = max(e for _, e in intervals) if intervals else start
-            intervals.append((start, end))
+        starts, ends = self.starts, self.ends
+        if not starts or (start, end) >= (starts[-1], ends[-1]):
+            reach = self.reach if starts else start
+            starts.append(start)
+            ends.append(end)
             if end > reach:
                 self.qualifying_seconds += end - max(start, reach)
+                self.reach = end
         else:
-            insort(intervals, (start, end))
-            self.qualifying_seconds = union_seconds(intervals)
+            i = bisect_right(self.intervals, (start, end))
+            starts.insert(i, start)
+            ends.insert(i, end)
+            self.reach = max(self.reach, end)
+            self.qualifying_seconds = union_seconds(self.intervals)
 
     def recount(self) -> None:
-        self.intervals = sorted((e.start, e.end) for e in self.logs.values() if e.counted)
-        self.qualifying_seconds = union_seconds(self.intervals)
+        pairs = sorted((e.start, e.end) for e in self.logs.values() if e.counted)
+        self.starts = [p[0] for p in pairs]
+        self.ends = [p[1] for p in pairs]
+        self.reach = max(self.ends, default=0)
+        self.qualifying_seconds = union_seconds(pairs)
 
 
 def union_seconds(intervals: list[tuple[int, int]]) -> int:

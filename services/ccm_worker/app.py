@@ -114,7 +114,7 @@ class TallyWorker:
             web_enabled=True,
             web_bind=s.web_host,
             web_port=s.web_port,
-            web_host=s.web_host,
+            web_host=s.web_advertised_host or s.web_host,
             web_in_thread=False,
         )
         topics = s.topics
@@ -154,6 +154,7 @@ class TallyWorker:
             self._close_tick
         )
         self.app.timer(5.0, on_leader=False, name="state_metrics")(self._state_metrics)
+        self._lag_partitions: set[int] = set()
         register_views(self)
 
     # ------------------------------------------------------------------ the agent
@@ -295,7 +296,6 @@ class TallyWorker:
         except ValidationError as err:
             log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)
             reason, message = reason_from_validation_error(err)
-            REJECTIONS.labels(reason.value).inc()
             return [
                 rejected_output(
                     raw, reason, message, Source(msg.topic, msg.partition, msg.offset), None, now
@@ -375,10 +375,15 @@ class TallyWorker:
             highwaters = await consumer.highwaters(*tps)
         except Exception:
             return
+        owned = set()
         for tp in tps:
             position = consumer._read_offset.get(tp)
             done = (position + 1) if position is not None else 0
             CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwaters.get(tp, 0) - done))
+            owned.add(tp.partition)
+        for gone in self._lag_partitions - owned:  # revoked: stop reporting a stale lag
+            CONSUMER_LAG.remove(str(gone))
+        self._lag_partitions = owned
 
     def is_ready(self) -> bool:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]

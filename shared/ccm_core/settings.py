@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_advertised_host: str | None = Field(
+        default=None,
+        description="Host other workers use to reach this one (table look-up routing); "
+        "defaults to web_host. Set it when web_host is 0.0.0.0.",
+    )
     data_dir: Path = Path(".local/worker")
     batch_max_events: Annotated[int, Field(gt=0)] = 2000
     batch_within_seconds: Annotated[float, Field(gt=0)] = 0.02

@@ -216,6 +216,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 outputs = asyncio.run(ops.read_outputs(settings))
                 url = f"http://{settings.web_host}:{settings.web_port}/metrics"
                 print(summarize(outputs, url))
+                print(_metrics_excerpt(url))
+                if not args.keep_running:
+                    _say("(the worker stops now; --keep-running keeps it up to browse metrics)")
                 _say(f"done in {time.monotonic() - started:.0f}s")
                 if args.keep_running:
                     _say("broker and worker keep running; Ctrl-C to stop")
@@ -231,6 +234,18 @@ def run_demo(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     worker.kill()
     return 0
+
+
+def _metrics_excerpt(url: str) -> str:
+    """The worker's own counters, as Prometheus scrapes them."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"(metrics not readable: {exc})"
+    wanted = ("ccm_events_total{", "ccm_billing_records_total{", "ccm_patient_months{")
+    lines = [line for line in text.splitlines() if line.startswith(wanted)]
+    return "worker metrics (excerpt):\n" + "\n".join(f"  {line}" for line in lines)
 
 
 async def _close(settings: Settings, as_of: datetime) -> None:

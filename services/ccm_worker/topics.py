@@ -26,9 +26,12 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
 def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the names created now."""
     plan, compacted = topic_plan(settings)
+    # the control topic gets a timer tick per partition a minute: keep a week of it
+    configs = {settings.topics.month_close: {"retention.ms": str(7 * 24 * 3600 * 1000)}}
     return create_topics_sync(
         settings.kafka_bootstrap_servers,
         plan,
         compacted,
         replication_factor=settings.replication_factor,
+        configs=configs,
     )

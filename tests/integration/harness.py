@@ -44,6 +44,7 @@ class Stack:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     guarantee: str = "at_least_once"
+    close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
 
     @property
     def topics(self) -> Topics:
@@ -82,7 +83,7 @@ class Stack:
             "CCM_DATA_DIR": str(data_dir),
             "CCM_PROCESSING_GUARANTEE": self.guarantee,
             "CCM_SESSION_TIMEOUT_SECONDS": "6",
-            "CCM_CLOSE_TICK_SECONDS": "3600",
+            "CCM_CLOSE_TICK_SECONDS": str(self.close_tick_seconds),
             "CCM_LOG_LEVEL": "INFO",
         }
         return env

@@ -288,3 +288,58 @@ def test_malformed_event_goes_to_dlq_and_does_not_block_patient(
     [reached] = stream["threshold"]
     assert (reached["data"]["code"], reached["data"]["triggering_event_id"]) == ("99487", "m-2")
     assert tally["months"][0]["qualifying_minutes"] == 60
+
+
+def test_timer_closes_due_months_and_late_log_reissues_record(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """No close command: the worker's timer closes March (long past month end + grace) by
+    itself; a late log for the closed month then re-issues the record as revision 1."""
+
+    def log(event_id: str, day: int, minutes: int) -> bytes:
+        return json.dumps(
+            {
+                "event_type": "time_logged",
+                "event_id": event_id,
+                "patient_id": "pat-timer",
+                "practice_id": "prac-1",
+                "payer": "cms",
+                "staff_id": "rn-1",
+                "role": "rn",
+                "licensed": True,
+                "activity": "care_plan",
+                "minutes": minutes,
+                "start": f"2026-03-{day:02d}T10:00:00-04:00",
+                "recorded_at": "2026-04-20T12:00:00-04:00",
+            }
+        ).encode()
+
+    stack = Stack(kafka_bootstrap, partitions=2, close_tick_seconds=1.0)
+    stack.create_topics()
+    worker = WorkerProcess(stack, tmp_path).start()
+    try:
+        produce(stack, [(b"pat-timer", log("t-1", 10, 45)), (b"pat-timer", log("t-2", 11, 20))])
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while not records and time.monotonic() < deadline:
+            time.sleep(1)
+            records = collect(stack)["billing_record"]
+        assert [r["data"]["revision"] for r in records] == [0]
+        first = records[0]["data"]
+        assert first["close_trigger"] == "timer"
+        assert first["lines"] == [{"code": "99487", "units": 1}]
+        assert first["qualifying_minutes"] == 65
+
+        produce(stack, [(b"pat-timer", log("t-late", 12, 30))])  # 95 minutes: + 99489
+        deadline = time.monotonic() + 60
+        while len(records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            records = collect(stack)["billing_record"]
+    finally:
+        worker.stop()
+    assert [r["data"]["revision"] for r in records] == [0, 1]
+    late = records[1]["data"]
+    assert late["record_id"] == first["record_id"]
+    assert late["close_trigger"] == "late_event"
+    assert late["lines"] == [{"code": "99487", "units": 1}, {"code": "99489", "units": 1}]
+    assert records[0]["id"] != records[1]["id"]

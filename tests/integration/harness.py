@@ -119,6 +119,7 @@ class WorkerProcess:
             if self.get("/readyz", ok_only=True) is not None:
                 return self
             time.sleep(0.3)
+        self.kill()  # never leave a half-started worker behind
         raise TimeoutError(f"worker not ready after {wait_ready}s:\n{self.tail()}")
 
     def get(self, path: str, ok_only: bool = False) -> Any:

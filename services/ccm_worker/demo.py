@@ -89,6 +89,7 @@ def _start_worker(settings: Settings, workdir: Path) -> tuple[subprocess.Popen[b
         except OSError:
             pass
         time.sleep(0.3)
+    proc.kill()
     raise TimeoutError(f"worker not ready in 120 s; see {log_path}")
 
 

@@ -155,6 +155,8 @@ class TallyWorker:
         )
         self.app.timer(5.0, on_leader=False, name="state_metrics")(self._state_metrics)
         self._lag_partitions: set[int] = set()
+        self._outcome_counters = {o: EVENTS.labels(o.value) for o in Outcome}
+        self._debug = s.log_level == "DEBUG"
         register_views(self)
 
     # ------------------------------------------------------------------ the agent
@@ -168,6 +170,7 @@ class TallyWorker:
         started = time.perf_counter()
         now = datetime.now(UTC)
         touched: dict[str, PatientLedger] = {}
+        lookups: dict[int, Any] = {}
         outputs: list[tuple[int, Output]] = []  # (partition, output): outputs stay co-partitioned
         control = self.settings.topics.month_close
         for event in events:
@@ -178,20 +181,18 @@ class TallyWorker:
                 continue
             key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
             source = Source(msg.topic, msg.partition, msg.offset)
-            processed, ledger = process(
-                self.engine,
-                self._ledger_lookup(msg.partition, touched),
-                raw,
-                source,
-                key=key,
-                received_at=now,
-            )
-            EVENTS.labels(processed.outcome.value).inc()
-            if processed.reason is not None:
-                REJECTIONS.labels(processed.reason.value).inc()
+            lookup = lookups.get(msg.partition)
+            if lookup is None:
+                lookup = lookups[msg.partition] = self._ledger_lookup(msg.partition, touched)
+            processed, ledger = process(self.engine, lookup, raw, source, key=key, received_at=now)
+            self._outcome_counters[processed.outcome].inc()
             if ledger is not None:
                 touched[ledger.patient_id] = ledger
-            self._log_outcome(processed, source)
+            if processed.reason is not None:
+                REJECTIONS.labels(processed.reason.value).inc()
+                self._log_outcome(processed, source)
+            elif self._debug:
+                self._log_outcome(processed, source)
             outputs += [(msg.partition, o) for o in processed.outputs]
         await self.publish(outputs)
         for patient_id, ledger in touched.items():

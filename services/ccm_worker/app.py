@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import faust
@@ -305,8 +306,10 @@ class TallyWorker:
         trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
         outputs: list[Output] = []
         closed = 0
-        ledgers = {**dict(self.table.data.items()), **touched}  # this batch's are not stored yet
-        for patient_id, ledger in ledgers.items():
+        stored = self.table.data
+        fresh = ((p, ledger) for p, ledger in touched.items() if p not in stored)
+        for patient_id, stored_ledger in chain(list(stored.items()), list(fresh)):
+            ledger = touched.get(patient_id, stored_ledger)  # this batch's copy is the newest
             if ledger.partition != msg.partition:
                 continue
             produced = self.engine.close(ledger, command, trigger)

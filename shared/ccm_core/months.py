@@ -25,6 +25,7 @@ def parse_month(month: str) -> tuple[int, int]:
     return int(year), int(mon)
 
 
+@lru_cache(maxsize=1024)
 def last_day(month: str) -> date:
     year, mon = parse_month(month)
     return date(year, mon, calendar.monthrange(year, mon)[1])

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +23,7 @@ from ccm_core.months import close_deadline
 from ccm_core.settings import Settings
 
 from . import ops
+from .process import WorkerProcess
 from .topics import ensure_topics
 
 
@@ -58,39 +56,6 @@ def _status(text: str, final: bool = False) -> None:
 def _bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / total) if total else width
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
-
-
-def _start_worker(settings: Settings, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    log_path = workdir / "worker.log"
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "CCM_PARTITIONS": str(settings.partitions),
-        "CCM_WEB_PORT": str(settings.web_port),
-        "CCM_DATA_DIR": str(workdir / "worker-data"),
-        "CCM_CLOSE_TICK_SECONDS": "3600",
-    }
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ccm_cli.main", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://{settings.web_host}:{settings.web_port}/readyz"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early; see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return proc, log_path
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError(f"worker not ready in 120 s; see {log_path}")
 
 
 async def _produce(settings: Settings, events: list[Any], rate: float | None, label: str) -> None:
@@ -197,9 +162,9 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             ensure_topics(settings)
             _say("2/6 starting the tally worker ...")
-            worker, log_path = _start_worker(settings, workdir)
+            worker = WorkerProcess(settings, workdir, "worker", port=args.web_port).start()
             try:
-                _say(f"    worker ready; logs: {log_path}")
+                _say(f"    worker ready; logs: {worker.log_path}")
                 _say(
                     f"3/6 producing {len(on_time)} EHR events for {args.month} "
                     f"({args.patients} patients)"
@@ -224,16 +189,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 if args.keep_running:
                     _say("broker and worker keep running; Ctrl-C to stop")
                     try:
-                        while worker.poll() is None:
+                        while worker.proc is not None and worker.proc.poll() is None:
                             time.sleep(1)
                     except KeyboardInterrupt:
                         pass
             finally:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+                worker.stop(30)
     return 0
 
 

@@ -57,38 +57,47 @@ async def wait_processed(
     raise TimeoutError(f"{lag} input messages still unprocessed after {timeout}s")
 
 
-async def read_all(
-    bootstrap: str, topics: Sequence[str], partitions: int, timeout: float = 120.0
-) -> dict[str, list[dict[str, Any]]]:
-    """Every message of ``topics`` up to their current end, decoded as JSON (read_committed)."""
+async def read_raw(
+    bootstrap: str, tps: Sequence[TopicPartition], timeout: float = 120.0
+) -> dict[str, list[bytes]]:
+    """Every value of ``tps`` up to their current end, per topic (read_committed)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
+    out: dict[str, list[bytes]] = {tp.topic: [] for tp in tps}
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        consumer.assign(tps)
+        consumer.assign(list(tps))
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets(list(tps))
         remaining = {tp: end for tp, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for tp, messages in batch.items():
-                out[tp.topic].extend(json.loads(m.value) for m in messages if m.value is not None)
+                out[tp.topic].extend(m.value for m in messages if m.value is not None)
             for tp in list(remaining):
                 if await consumer.position(tp) >= remaining[tp]:
                     remaining.pop(tp)
         if remaining:
-            raise TimeoutError(f"could not read outputs up to their end: {remaining}")
+            raise TimeoutError(f"could not read up to the end: {remaining}")
         return out
     finally:
         await consumer.stop()
+
+
+async def read_all(
+    bootstrap: str, topics: Sequence[str], partitions: int, timeout: float = 120.0
+) -> dict[str, list[dict[str, Any]]]:
+    """Every message of ``topics`` up to their current end, decoded as JSON."""
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    raw = await read_raw(bootstrap, tps, timeout)
+    return {topic: [json.loads(v) for v in values] for topic, values in raw.items()}
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:

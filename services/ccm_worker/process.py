@@ -1,0 +1,167 @@
+"""``ccm-tally worker`` as a child process: the one runner the demo, tests and benchmarks share.
+
+The environment is built from a :class:`Settings`, so a worker started here reads exactly the
+settings its caller holds (topic names, partitions, app id, guarantee ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ccm_core.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The process environment that makes a worker run with ``settings`` (plus ``extra``)."""
+    t = settings.topics
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CCM_APP_ID": settings.app_id,
+        "CCM_PARTITIONS": str(settings.partitions),
+        "CCM_TOPIC_TIMELOG": t.timelog,
+        "CCM_TOPIC_MONTH_CLOSE": t.month_close,
+        "CCM_TOPIC_THRESHOLD": t.threshold,
+        "CCM_TOPIC_BILLING_RECORD": t.billing_record,
+        "CCM_TOPIC_DLQ": t.dlq,
+        "CCM_WEB_HOST": settings.web_host,
+        "CCM_WEB_PORT": str(settings.web_port),
+        "CCM_DATA_DIR": str(settings.data_dir),
+        "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,
+        "CCM_SESSION_TIMEOUT_SECONDS": str(settings.session_timeout_seconds),
+        "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
+        "CCM_LOG_LEVEL": settings.log_level,
+    }
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """One worker process on a free web port, logging to ``<workdir>/<label>-<port>/``."""
+
+    def __init__(
+        self, settings: Settings, workdir: Path, label: str = "worker", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = workdir / f"{label}-{self.port}"
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / "worker.log"
+        self.settings = settings.model_copy(
+            update={"web_port": self.port, "data_dir": self.dir / "data"}
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spawn(self) -> WorkerProcess:
+        """Start the process without waiting (see :meth:`wait_ready`)."""
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.spawned_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ccm_cli.main", "worker"],
+                env=worker_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0, poll: float = 0.1) -> float:
+        """Block until /readyz answers 200 and return that monotonic time; a worker that
+        exits or never gets ready is killed and its log tail raised."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log {self.log_path}:\n{self.tail()}")
+            if self.ready():
+                return time.monotonic()
+            time.sleep(poll)
+        self.kill()
+        raise TimeoutError(
+            f"worker not ready after {timeout}s; log {self.log_path}:\n{self.tail()}"
+        )
+
+    def ready(self) -> bool:
+        """/readyz answers 200: partitions assigned, table recovered."""
+        return self.get("/readyz") is not None
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def get(self, path: str) -> Any:
+        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text ("" when it cannot be read)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the exposition (None if absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        prefix = f"{name}{{{want}}}" if want else name
+        for line in self.metrics().splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def stop(self, timeout: float = 60.0) -> float:
+        """Graceful stop (SIGTERM: faust commits and flushes); the seconds it took."""
+        started = time.monotonic()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no commit, no flush."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def errors(self) -> list[str]:
+        """Crash and traceback lines of the worker's log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [
+            line
+            for line in text.splitlines()
+            if ("Traceback" in line or "Crashed" in line) and "CancelledError" not in line
+        ]

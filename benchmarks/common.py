@@ -136,14 +136,7 @@ class Deployment:
 
     @property
     def topics(self) -> Topics:
-        n = self.name
-        return Topics(
-            timelog=self.timelog or f"{n}.timelog",
-            month_close=f"{n}.month-close",
-            threshold=f"{n}.threshold",
-            billing_record=f"{n}.billing-record",
-            dlq=f"{n}.dlq",
-        )
+        return Topics.prefixed(self.name, timelog=self.timelog)
 
     @property
     def settings(self) -> Settings:

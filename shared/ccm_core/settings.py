@@ -21,6 +21,17 @@ class Topics(BaseSettings):
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
 
+    @classmethod
+    def prefixed(cls, prefix: str, timelog: str | None = None) -> Topics:
+        """A private set of topic names (``<prefix>.timelog`` …) for tests and benchmarks."""
+        return cls(
+            timelog=timelog or f"{prefix}.timelog",
+            month_close=f"{prefix}.month-close",
+            threshold=f"{prefix}.threshold",
+            billing_record=f"{prefix}.billing-record",
+            dlq=f"{prefix}.dlq",
+        )
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CCM_", frozen=True)

@@ -34,14 +34,7 @@ class Stack:
 
     @property
     def topics(self) -> Topics:
-        n = self.name
-        return Topics(
-            timelog=f"{n}.timelog",
-            month_close=f"{n}.month-close",
-            threshold=f"{n}.threshold",
-            billing_record=f"{n}.billing-record",
-            dlq=f"{n}.dlq",
-        )
+        return Topics.prefixed(self.name)
 
     @property
     def settings(self) -> Settings:

@@ -15,6 +15,8 @@ recognised as duplicates and publish nothing.
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -32,10 +34,11 @@ from ccm_core.contracts import (
     BillingRecord,
     MonthCloseCommand,
     Outcome,
+    Reason,
     ThresholdEvent,
     reason_from_validation_error,
 )
-from ccm_core.ingest import Source, process, rejected_output
+from ccm_core.ingest import Processed, Source, process, rejected_output
 from ccm_core.observability import (
     ASSIGNED_PARTITIONS,
     BATCH_SIZE,
@@ -155,6 +158,10 @@ class TallyWorker:
             self._close_tick
         )
         self.app.timer(5.0, on_leader=False, name="state_metrics")(self._state_metrics)
+        self.app.timer(5.0, on_leader=False, name="stall_watchdog")(self._watchdog)
+        self._batch_started: float | None = None
+        self._last_batch_done = time.monotonic()
+        self._stall_reported = False
         self._lag_partitions: set[int] = set()
         self._changelog = self.table.changelog_topic.get_topic_name()  # what recovery reads
         if self._changelog != changelog_topic_name(s):  # topics.py creates this one
@@ -168,9 +175,17 @@ class TallyWorker:
     async def _tally_agent(self, stream: Any) -> None:
         s = self.settings
         async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
-            await self.process_batch(events)
+            try:
+                await self.process_batch(events)
+            except BaseException as exc:
+                # faust's take_events acks a batch even when its body fails; an unfinished
+                # batch must not be committed. Fail-stop: exit now, without committing, and
+                # let the restarted worker process the batch again (at-least-once).
+                log.critical("batch_failed_exiting", error=repr(exc), events=len(events))
+                os._exit(70)
 
     async def process_batch(self, events: Sequence[Any]) -> None:
+        self._batch_started = time.monotonic()
         started = time.perf_counter()
         now = datetime.now(UTC)
         touched: dict[str, PatientLedger] = {}
@@ -183,12 +198,21 @@ class TallyWorker:
             if msg.topic == control:
                 outputs += [(msg.partition, o) for o in self._close(raw, msg, now, touched)]
                 continue
-            key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+            # the input must be keyed by patient id: an unkeyed log is a key mismatch too
+            key = msg.key.decode("utf-8", "replace") if msg.key is not None else ""
             source = Source(msg.topic, msg.partition, msg.offset)
             lookup = lookups.get(msg.partition)
             if lookup is None:
                 lookup = lookups[msg.partition] = self._ledger_lookup(msg.partition, touched)
-            processed, ledger = process(self.engine, lookup, raw, source, key=key, received_at=now)
+            try:
+                processed, ledger = process(
+                    self.engine, lookup, raw, source, key=key, received_at=now
+                )
+            except Exception as exc:  # a bug must not lose the event: dead-letter it
+                log.exception("event_failed", partition=msg.partition, offset=msg.offset)
+                reason = Reason.INTERNAL_ERROR
+                dead = rejected_output(raw, reason, type(exc).__name__, source, key, now)
+                processed, ledger = Processed(Outcome.REJECTED, [dead], None, reason), None
             self._outcome_counters[processed.outcome].inc()
             if ledger is not None:
                 touched[ledger.patient_id] = ledger
@@ -200,6 +224,8 @@ class TallyWorker:
             outputs += [(msg.partition, o) for o in processed.outputs]
         await self.publish(outputs)
         await self.persist(touched)
+        self._batch_started = None
+        self._last_batch_done = time.monotonic()
         finished = time.perf_counter()
         BATCH_SIZE.observe(len(events))
         per_event = (finished - started) / max(1, len(events))
@@ -408,6 +434,30 @@ class TallyWorker:
         for gone in self._lag_partitions - owned:  # revoked: stop reporting a stale lag
             CONSUMER_LAG.remove(str(gone))
         self._lag_partitions = owned
+
+    async def _watchdog(self) -> None:
+        """Log loudly (with every task's stack) when a batch or the stream stops moving."""
+        now = time.monotonic()
+        limit = 30.0
+        lag = sum(sample.value for metric in CONSUMER_LAG.collect() for sample in metric.samples)
+        stuck_batch = self._batch_started is not None and now - self._batch_started > limit
+        stuck_stream = lag > 0 and now - self._last_batch_done > limit
+        if (stuck_batch or stuck_stream) and not self._stall_reported:
+            self._stall_reported = True
+            stacks = []
+            for task in asyncio.all_tasks():
+                buf = io.StringIO()
+                task.print_stack(limit=12, file=buf)
+                stacks.append(buf.getvalue())
+            log.error(
+                "worker_stalled",
+                in_batch=stuck_batch,
+                lag=lag,
+                seconds_since_batch=round(now - self._last_batch_done, 1),
+                stacks="\n".join(stacks),
+            )
+        elif not (stuck_batch or stuck_stream):
+            self._stall_reported = False
 
     def is_ready(self) -> bool:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]

@@ -115,6 +115,7 @@ class Reason(StrEnum):
     PAYER_CONFLICT = "payer_conflict"
     PRACTICE_MISMATCH = "practice_mismatch"
     KEY_MISMATCH = "key_mismatch"
+    INTERNAL_ERROR = "internal_error"  # the service failed on this input: kept, to replay
 
 
 class Outcome(StrEnum):

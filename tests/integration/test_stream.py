@@ -267,6 +267,7 @@ def test_malformed_event_goes_to_dlq_and_does_not_block_patient(
         (b"pat-dlq", bad[0]),
         (b"pat-dlq", bad[1]),
         (b"pat-dlq", log(2, 11)),
+        (None, log(3, 12)),  # unkeyed: would split the patient's state across partitions
     ]
     stack = Stack(kafka_bootstrap, partitions=2)
     stack.create_topics()
@@ -279,10 +280,13 @@ def test_malformed_event_goes_to_dlq_and_does_not_block_patient(
     finally:
         worker.stop()
     reasons = sorted(d["data"]["reason"] for d in stream["dlq"])
-    assert reasons == ["invalid_json", "invalid_json"]
+    assert reasons == ["invalid_json", "invalid_json", "key_mismatch"]
     for d in stream["dlq"]:
         assert d["data"]["source_topic"] == stack.topics.timelog
-        assert d["data"]["source_offset"] in (1, 2)
+    bad_offsets = [
+        d["data"]["source_offset"] for d in stream["dlq"] if d["data"]["reason"] == "invalid_json"
+    ]
+    assert sorted(bad_offsets) == [1, 2]
     assert any(d["data"]["original_base64"] == "//4=" for d in stream["dlq"])
     # the log after the bad ones still counted: 60 minutes reach 99487
     [reached] = stream["threshold"]

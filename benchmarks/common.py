@@ -127,7 +127,6 @@ class Deployment:
     partitions: int = 8
     name: str = field(default_factory=lambda: f"b{uuid.uuid4().hex[:8]}")
     timelog: str | None = None  # share another deployment's input topic
-    guarantee: str = "at_least_once"
     log_level: str = "INFO"
 
     @property
@@ -145,7 +144,6 @@ class Deployment:
             app_id=self.app_id,
             partitions=self.partitions,
             topics=self.topics,
-            processing_guarantee=self.guarantee,
             session_timeout_seconds=10.0,
             close_tick_seconds=3600.0,  # closes only when the benchmark asks
             log_level=self.log_level,

@@ -26,7 +26,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("data_dir", "data_dir"),
         ("profiles", "profiles_file"),
         ("practices", "practices_file"),
-        ("processing_guarantee", "processing_guarantee"),
         ("close_tick_seconds", "close_tick_seconds"),
         ("log_level", "log_level"),
     ):
@@ -111,9 +110,6 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     config_args(worker)
     worker.add_argument("--web-port", type=int, help="metrics/health/look-up port (6066)")
     worker.add_argument("--data-dir", type=Path, help="worker data directory")
-    worker.add_argument(
-        "--processing-guarantee", choices=["at_least_once", "exactly_once"], default=None
-    )
     worker.add_argument("--close-tick-seconds", type=float, help="month-close timer period")
     worker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)

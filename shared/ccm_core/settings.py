@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     partitions: Annotated[int, Field(gt=0)] = 8
     replication_factor: Annotated[int, Field(gt=0)] = 1
     topics: Topics = Field(default_factory=Topics)
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once"] = Field(
+        default="at_least_once",
+        description="faust's exactly_once was evaluated and not kept: "
+        "docs/processing-guarantee.md.",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     web_advertised_host: str | None = Field(

@@ -29,7 +29,6 @@ class Stack:
     bootstrap: str
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
-    guarantee: str = "at_least_once"
     close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
 
     @property
@@ -43,7 +42,6 @@ class Stack:
             app_id=f"ccm-{self.name}",
             partitions=self.partitions,
             topics=self.topics,
-            processing_guarantee=self.guarantee,
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
         )

@@ -58,6 +58,7 @@ from ccm_core.observability import (
 from ccm_core.settings import Settings
 from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine
 
+from .process import STALL_EXIT_CODE
 from .web import register_views
 
 log = get_logger("ccm.worker")
@@ -161,7 +162,8 @@ class TallyWorker:
         self.app.timer(5.0, on_leader=False, name="stall_watchdog")(self._watchdog)
         self._batch_started: float | None = None
         self._last_batch_done = time.monotonic()
-        self._stall_reported = False
+        self._ready_since = time.monotonic()
+        self._caught_up_at = time.monotonic()  # last time the watchdog saw no input waiting
         self._lag_partitions: set[int] = set()
         self._changelog = self.table.changelog_topic.get_topic_name()  # what recovery reads
         if self._changelog != changelog_topic_name(s):  # topics.py creates this one
@@ -251,8 +253,8 @@ class TallyWorker:
         """Write the batch's changed ledgers to the table and its changelog, once each, to the
         ledger's input partition (faust flushes them before it commits the input offsets).
 
-        Writing them straight to the producer instead was 50% faster in bench_stream, but the
-        stream stalled in 2 of about 8 integration runs with it: kept on faust's path.
+        Writing them straight to the producer instead was 50% faster in bench_stream; it was
+        set aside after a stall that later showed on this path too (docs/benchmarks.md).
         """
         data = self.table.data
         for patient_id, ledger in touched.items():
@@ -422,28 +424,42 @@ class TallyWorker:
         self._lag_partitions = owned
 
     async def _watchdog(self) -> None:
-        """Log loudly (with every task's stack) when a batch or the stream stops moving."""
+        """Fail-stop when a batch or the stream stops moving while input waits.
+
+        faust-streaming was seen to stop delivering messages after a rebalance, with no error
+        and lag waiting. The watchdog logs every task's stack, then exits with code 75
+        (EX_TEMPFAIL) so that the supervisor (Kubernetes, compose ``restart``, the test and
+        demo runner) starts a fresh worker, which resumes from the committed offsets: at-least-
+        once, nothing lost. ``CCM_STALL_EXIT_SECONDS=0`` turns it off.
+        """
+        limit = self.settings.stall_exit_seconds
         now = time.monotonic()
-        limit = 30.0
+        if not self.is_ready():  # rebalancing or recovering: not a stall
+            self._ready_since = now
+            return
+        if limit <= 0:
+            return
         lag = sum(sample.value for metric in CONSUMER_LAG.collect() for sample in metric.samples)
+        if lag == 0:
+            self._caught_up_at = now
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
-        stuck_stream = lag > 0 and now - self._last_batch_done > limit
-        if (stuck_batch or stuck_stream) and not self._stall_reported:
-            self._stall_reported = True
-            stacks = []
-            for task in asyncio.all_tasks():
-                buf = io.StringIO()
-                task.print_stack(limit=12, file=buf)
-                stacks.append(buf.getvalue())
-            log.error(
-                "worker_stalled",
-                in_batch=stuck_batch,
-                lag=lag,
-                seconds_since_batch=round(now - self._last_batch_done, 1),
-                stacks="\n".join(stacks),
-            )
-        elif not (stuck_batch or stuck_stream):
-            self._stall_reported = False
+        quiet = now - max(self._last_batch_done, self._ready_since, self._caught_up_at)
+        stuck_stream = self._batch_started is None and lag > 0 and quiet > limit
+        if not (stuck_batch or stuck_stream):
+            return
+        stacks = []
+        for task in asyncio.all_tasks():
+            buf = io.StringIO()
+            task.print_stack(limit=12, file=buf)
+            stacks.append(buf.getvalue())
+        log.error(
+            "worker_stalled_exiting",
+            in_batch=stuck_batch,
+            lag=lag,
+            seconds_quiet=round(quiet, 1),
+            stacks="\n".join(stacks),
+        )
+        os._exit(STALL_EXIT_CODE)
 
     def is_ready(self) -> bool:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]

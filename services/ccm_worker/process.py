@@ -12,12 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ccm_core.settings import Settings
+
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the worker's watchdog exit; a supervisor restarts it
 
 
 def free_port() -> int:
@@ -46,6 +49,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_SESSION_TIMEOUT_SECONDS": str(settings.session_timeout_seconds),
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
         "CCM_LOG_LEVEL": settings.log_level,
+        "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
     }
     env.update(extra)
     return env
@@ -66,6 +70,9 @@ class WorkerProcess:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
+        self.restarts = 0  # respawns after a stall exit (code 75), as a supervisor would
+        self._stopping = False
+        self._supervisor: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -73,7 +80,15 @@ class WorkerProcess:
         return self.proc.pid
 
     def spawn(self) -> WorkerProcess:
-        """Start the process without waiting (see :meth:`wait_ready`)."""
+        """Start the process without waiting (see :meth:`wait_ready`), supervised: a worker
+        that exits with the stall code is started again, as Kubernetes or compose would."""
+        self._stopping = False
+        self._popen()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _popen(self) -> None:
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.spawned_at = time.monotonic()
             self.proc = subprocess.Popen(
@@ -82,7 +97,14 @@ class WorkerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return self
+
+    def _supervise(self) -> None:
+        while not self._stopping and self.proc is not None:
+            code = self.proc.wait()
+            if self._stopping or code != STALL_EXIT_CODE:
+                return
+            self.restarts += 1
+            self._popen()
 
     def wait_ready(self, timeout: float = 120.0, poll: float = 0.1) -> float:
         """Block until /readyz answers 200 and return that monotonic time; a worker that
@@ -135,6 +157,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60.0) -> float:
         """Graceful stop (SIGTERM: faust commits and flushes); the seconds it took."""
+        self._stopping = True
         started = time.monotonic()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -147,6 +170,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """Crash it (SIGKILL): no commit, no flush."""
+        self._stopping = True
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     batch_within_seconds: Annotated[float, Field(gt=0)] = 0.02
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
     session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    stall_exit_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=30.0,
+        description="Exit (code 75) when input waits but no batch ran for this long; 0: never.",
+    )
     profiles_file: Path | None = None
     practices_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -8,7 +8,6 @@ runner (``ccm_worker.process``), as the demo and the benchmarks use.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,8 +16,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings, Topics
-from ccm_worker import ops, process
+from ccm_worker import cli, ops, process
 from ccm_worker.topics import ensure_topics
 
 
@@ -79,19 +79,8 @@ def produce(stack: Stack, events: Iterable[tuple[bytes | None, bytes]]) -> int:
 
 
 def send_close(stack: Stack, command: dict[str, Any]) -> None:
-    """A close command to every partition of the control topic (as ``ccm-tally close``)."""
-    payload = json.dumps(command).encode()
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for p in range(stack.partitions):
-                await producer.send_and_wait(stack.topics.month_close, payload, partition=p)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
+    """A close command to every partition of the control topic, as ``ccm-tally close`` does."""
+    asyncio.run(cli.send_close(stack.settings, MonthCloseCommand.model_validate(command)))
 
 
 def wait_processed(stack: Stack, timeout: float = 120.0) -> None:

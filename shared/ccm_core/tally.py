@@ -141,7 +141,7 @@ class LogEntry:
 
 @dataclass(slots=True)
 class VoidEntry:
-    """One accepted ``time_log_voided``; ``applied`` once its log has been seen."""
+    """One accepted ``time_log_voided`` (pending in the ledger until its log is seen)."""
 
     event_id: str
     fingerprint: str  # content hash of the void event
@@ -218,21 +218,11 @@ class MonthTally:
 
 def union_seconds(intervals: list[tuple[int, int]]) -> int:
     """Length of the union of sorted half-open intervals: overlapping time counts once."""
-    total = 0
-    cur_start = cur_end = None
-    for start, end in intervals:
-        if cur_end is None or start > cur_end:
-            if cur_end is not None and cur_start is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = start, end
-        elif end > cur_end:
-            cur_end = end
-    if cur_end is not None and cur_start is not None:
-        total += cur_end - cur_start
-    return total
+    return sum(end - start for start, end in merged(intervals))
 
 
 def merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted half-open intervals merged where they overlap or touch."""
     out: list[tuple[int, int]] = []
     for start, end in intervals:
         if out and start <= out[-1][1]:

@@ -341,9 +341,10 @@ class TallyWorker:
         outputs: list[Output] = []
         closed = 0
         stored = self.table.data
-        fresh = ((p, ledger) for p, ledger in touched.items() if p not in stored)
-        for patient_id, stored_ledger in chain(list(stored.items()), list(fresh)):
-            ledger = touched.get(patient_id, stored_ledger)  # this batch's copy is the newest
+        # ledgers are changed in place, so a stored one is also this batch's; only ledgers
+        # created in this batch are not stored yet (snapshots: the loop adds to ``touched``)
+        fresh = [(p, ledger) for p, ledger in touched.items() if p not in stored]
+        for patient_id, ledger in chain(list(stored.items()), fresh):
             if ledger.partition != msg.partition:
                 continue
             produced = self.engine.close(ledger, command, trigger)
@@ -371,6 +372,7 @@ class TallyWorker:
         partitions = sorted(
             tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == timelog
         )
+        producer = await self.app.maybe_start_producer()
         for partition in partitions:
             command = MonthCloseCommand(
                 command_id=f"tick-{now.strftime('%Y%m%dT%H%M%S')}-{partition}",
@@ -378,7 +380,6 @@ class TallyWorker:
                 as_of=now,
                 requested_by="timer",
             )
-            producer = await self.app.maybe_start_producer()
             await producer.send(
                 control, None, command.model_dump_json().encode(), partition, None, None
             )

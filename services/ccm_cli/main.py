@@ -66,14 +66,6 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_module(module: str, function: str, args: argparse.Namespace) -> int:
-    import importlib
-
-    entry = getattr(importlib.import_module(module), function)
-    result: int = entry(args)
-    return result
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccm-tally",

@@ -164,6 +164,7 @@ class TallyWorker:
         self._last_batch_done = time.monotonic()
         self._ready_since = time.monotonic()
         self._caught_up_at = time.monotonic()  # last time the watchdog saw no input waiting
+        self._done_offsets: dict[tuple[str, int], int] = {}  # next offset to process
         self._lag_partitions: set[int] = set()
         self._changelog = self.table.changelog_topic.get_topic_name()  # what recovery reads
         if self._changelog != changelog_topic_name(s):  # topics.py creates this one
@@ -194,8 +195,10 @@ class TallyWorker:
         lookups: dict[int, Any] = {}
         outputs: list[tuple[int, Output]] = []  # (partition, output): outputs stay co-partitioned
         control = self.settings.topics.month_close
+        done = self._done_offsets
         for event in events:
             msg = event.message
+            done[(msg.topic, msg.partition)] = msg.offset + 1
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == control:
                 outputs += [(msg.partition, o) for o in self._close(raw, msg, now, touched)]
@@ -440,7 +443,7 @@ class TallyWorker:
             return
         if limit <= 0:
             return
-        lag = sum(sample.value for metric in CONSUMER_LAG.collect() for sample in metric.samples)
+        lag = await self._waiting_input()
         if lag == 0:
             self._caught_up_at = now
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
@@ -461,6 +464,30 @@ class TallyWorker:
             stacks="\n".join(stacks),
         )
         os._exit(STALL_EXIT_CODE)
+
+    async def _waiting_input(self) -> int:
+        """Input messages (time logs, close commands) of owned partitions not yet processed:
+        highwater minus what this worker processed (or found committed). Counts messages
+        faust fetched but never delivered, which the fetch-position lag gauge does not."""
+        consumer = getattr(self.app, "_consumer", None)
+        if consumer is None:
+            return 0
+        inputs = {self.settings.topics.timelog, self.settings.topics.month_close}
+        tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        if not tps:
+            return 0
+        try:
+            highwaters = await consumer.highwaters(*tps)
+        except Exception:  # best effort: no verdict without highwaters
+            return 0
+        waiting = 0
+        for tp in tps:
+            done = max(
+                self._done_offsets.get((tp.topic, tp.partition), 0),
+                consumer._committed_offset.get(tp) or 0,
+            )
+            waiting += max(0, highwaters.get(tp, 0) - done)
+        return waiting
 
     def is_ready(self) -> bool:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -165,6 +166,8 @@ class TallyWorker:
         self._ready_since = time.monotonic()
         self._caught_up_at = time.monotonic()  # last time the watchdog saw no input waiting
         self._done_offsets: dict[tuple[str, int], int] = {}  # next offset to process
+        self._watchdog_ran_at = time.monotonic()
+        self._watchdog_armed = False
         self._lag_partitions: set[int] = set()
         self._changelog = self.table.changelog_topic.get_topic_name()  # what recovery reads
         if self._changelog != changelog_topic_name(s):  # topics.py creates this one
@@ -414,8 +417,8 @@ class TallyWorker:
         if not tps:
             return
         try:
-            highwaters = await consumer.highwaters(*tps)
-        except Exception:
+            highwaters = await asyncio.wait_for(consumer.highwaters(*tps), timeout=5.0)
+        except Exception:  # lag is best effort (a stuck consumer is the watchdog's case)
             return
         owned = set()
         for tp in tps:
@@ -437,7 +440,8 @@ class TallyWorker:
         once, nothing lost. ``CCM_STALL_EXIT_SECONDS=0`` turns it off.
         """
         limit = self.settings.stall_exit_seconds
-        now = time.monotonic()
+        now = self._watchdog_ran_at = time.monotonic()
+        self._watchdog_armed = True
         if not self.is_ready():  # rebalancing or recovering: not a stall
             self._ready_since = now
             return
@@ -465,6 +469,24 @@ class TallyWorker:
         )
         os._exit(STALL_EXIT_CODE)
 
+    def start_loop_watchdog(self) -> None:
+        """A thread that exits the process when the event loop stops running the watchdog
+        timer (a blocked loop cannot run the asyncio watchdog itself)."""
+        limit = self.settings.stall_exit_seconds
+        if limit <= 0:
+            return
+
+        def watch() -> None:
+            while True:
+                time.sleep(5.0)
+                silent = time.monotonic() - self._watchdog_ran_at
+                # armed by the first watchdog tick: start-up and recovery may take long
+                if self._watchdog_armed and silent > max(60.0, 2 * limit):
+                    log.error("event_loop_stalled_exiting", seconds_silent=round(silent, 1))
+                    os._exit(STALL_EXIT_CODE)
+
+        threading.Thread(target=watch, name="ccm-loop-watchdog", daemon=True).start()
+
     async def _waiting_input(self) -> int:
         """Input messages (time logs, close commands) of owned partitions not yet processed:
         highwater minus what this worker processed (or found committed). Counts messages
@@ -477,7 +499,9 @@ class TallyWorker:
         if not tps:
             return 0
         try:
-            highwaters = await consumer.highwaters(*tps)
+            highwaters = await asyncio.wait_for(consumer.highwaters(*tps), timeout=5.0)
+        except TimeoutError:  # the consumer does not answer: count it as input waiting
+            return 1
         except Exception:  # best effort: no verdict without highwaters
             return 0
         waiting = 0

@@ -25,6 +25,7 @@ def run_worker(settings: Settings) -> int:
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = TallyWorker(settings)
+    worker.start_loop_watchdog()
     faust_worker = faust.Worker(
         worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
     )

@@ -54,7 +54,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     CCM_WEB_HOST=0.0.0.0 \
     CCM_WEB_PORT=6066 \
-    CCM_DATA_DIR=/var/lib/ccm-tally \
     CCM_LOG_JSON=true
 
 USER ccm:ccm

@@ -1,32 +1,40 @@
-"""The tally worker: faust wiring of topics, the ledger table, timers and web views to the core.
+"""The tally worker: Kafka wiring of the input topics, the ledger table, timers and web views
+to the pure core (aiokafka consumer group + idempotent producer; no billing logic here).
 
-No billing logic lives here. Per batch of input messages the agent:
-1. decodes and applies every event through :func:`ccm_core.ingest.process`;
-2. publishes all outputs (thresholds, records, dead letters) and **waits for their acks**;
-3. only then writes the changed ledgers to the table (changelog), once per patient per batch;
-4. faust commits the input offsets after flushing the producer.
+Per batch of input messages, under the batch lock:
+1. every event is decoded and applied through :func:`ccm_core.ingest.process`;
+2. all outputs (thresholds, records, dead letters) are published and their **acks awaited**;
+3. then each changed ledger is written once to the compacted changelog, acks awaited;
+4. then the input offsets are committed.
 
-So an output can never be lost behind a state change: a crash between 2 and 3 replays the batch
-from the old state and re-publishes the same outputs with the same deterministic ids, which a
-consumer drops as duplicates. A crash after 3 replays events the ledger already holds: they are
-recognised as duplicates and publish nothing.
+So an output can never be lost behind a state change: a crash before 3 replays the batch from
+the old state and re-publishes the same outputs with the same deterministic ids, which a
+consumer drops as duplicates; a crash between 3 and 4 replays events the ledger already holds,
+recognised as duplicates that publish nothing.
+
+Rebalances: the revoke callback takes the batch lock, so it waits for the batch in flight to
+finish (outputs, changelog, commit) before the partition can move; the assign callback
+recovers the ledgers of every partition it did not hold up to date from the changelog before
+any input of that partition is processed. A batch fetched across a rebalance is dropped
+unprocessed: the new assignment restarts every partition from its committed offset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
-import faust
-from faust.serializers import codecs
-from faust.web import Request, Response, View
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from ccm_core import codec as ledger_codec
@@ -60,227 +68,292 @@ from ccm_core.settings import Settings
 from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine
 
 from .process import STALL_EXIT_CODE
-from .web import register_views
+from .routing import RoutingAssignor, routing_assignor
 
 log = get_logger("ccm.worker")
 
 TABLE_NAME = "ledgers"
+BATCH_FAILED_EXIT_CODE = 70  # EX_SOFTWARE: outputs or state could not be written
+RECOVERY_TIMEOUT_SECONDS = 600.0
 
-
-class LedgerCodec(codecs.Codec):
-    """Changelog value codec: the core's compact ledger layout."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return ledger_codec.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return ledger_codec.loads(s)
-
-
-codecs.register("ccm_ledger", LedgerCodec())
-
-
-class LedgerTable(faust.Table[str, PatientLedger]):
-    """The ledger table: raw patient-id keys, core-codec values on the changelog."""
-
-    def _serializer_from_type(self, typ: Any) -> str:
-        return "raw" if typ is str else "ccm_ledger"
+Ledgers = dict[str, PatientLedger]
 
 
 def changelog_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
 
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: TallyWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.worker.on_assigned(set(assigned))
+
+
 class TallyWorker:
-    """Builds the faust app for one :class:`Settings` and holds its wiring."""
+    """One worker process: a consumer-group member holding the ledgers of its partitions."""
 
     def __init__(self, settings: Settings, config: CoreConfig | None = None) -> None:
         self.settings = settings
         self.engine = TallyEngine(
             config or load_config(settings.profiles_file, settings.practices_file)
         )
-        s = settings
-        self.app = faust.App(
-            s.app_id,
-            broker=[f"kafka://{b}" for b in s.kafka_bootstrap_servers.split(",")],
-            store="memory://",
-            datadir=str(s.data_dir),
-            processing_guarantee=s.processing_guarantee,
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication_factor,
-            topic_allow_declare=True,
-            table_standby_replicas=0,
-            broker_session_timeout=s.session_timeout_seconds,
-            broker_heartbeat_interval=min(3.0, s.session_timeout_seconds / 3),
-            broker_commit_interval=1.0,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            producer_linger_ms=2,
-            stream_buffer_maxsize=max(4096, 2 * s.batch_max_events),
-            web_enabled=True,
-            web_bind=s.web_host,
-            web_port=s.web_port,
-            web_host=s.web_advertised_host or s.web_host,
-            web_in_thread=False,
-        )
-        topics = s.topics
-        self.input_topic = self.app.topic(
-            topics.timelog,
-            topics.month_close,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=s.partitions,
-        )
-        self.control_topic = self.app.topic(
-            topics.month_close,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=s.partitions,
-        )
+        t = settings.topics
+        self.inputs = (t.timelog, t.month_close)
+        self.changelog = changelog_topic_name(settings)
         self.out_topics = {
-            "threshold": topics.threshold,
-            "billing_record": topics.billing_record,
-            "rejected": topics.dlq,
+            "threshold": t.threshold,
+            "billing_record": t.billing_record,
+            "rejected": t.dlq,
         }
-        for name in self.out_topics.values():
-            self.app.topic(name, partitions=s.partitions)
-        self.table = LedgerTable(
-            self.app,
-            name=TABLE_NAME,
-            default=None,
-            partitions=s.partitions,
-            key_type=str,
-            help="One PatientLedger per patient id (all its patient-months).",
-        )
-        self.app.tables.add(self.table)
-        self.app.agent(self.input_topic, name="tally")(self._tally_agent)
-        self.app.timer(s.close_tick_seconds, on_leader=False, name="close_due_months")(
-            self._close_tick
-        )
-        self.app.timer(5.0, on_leader=False, name="state_metrics")(self._state_metrics)
-        self.app.timer(5.0, on_leader=False, name="stall_watchdog")(self._watchdog)
+        self.url = f"http://{settings.web_advertised_host or settings.web_host}:{settings.web_port}"
+        self.assignor: type[RoutingAssignor] = routing_assignor(self.url, t.timelog)
+        # state: the ledgers of each owned input partition, and the next offset to process
+        self.ledgers: dict[int, Ledgers] = {}
+        self.owned: set[int] = set()
+        self.next_offset: dict[TopicPartition, int] = {}
+        self._epoch = 0  # bumped by every revoke and assign: a batch fetched before is stale
+        self._ready = False
+        self._stopping = False
+        self._lock: asyncio.Lock | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._restore: AIOKafkaConsumer | None = None
         self._batch_started: float | None = None
         self._last_batch_done = time.monotonic()
         self._ready_since = time.monotonic()
-        self._caught_up_at = time.monotonic()  # last time the watchdog saw no input waiting
-        self._done_offsets: dict[tuple[str, int], int] = {}  # next offset to process
+        self._caught_up_at = time.monotonic()
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
         self._lag_partitions: set[int] = set()
-        self._changelog = self.table.changelog_topic.get_topic_name()  # what recovery reads
-        if self._changelog != changelog_topic_name(s):  # topics.py creates this one
-            raise RuntimeError(f"unexpected changelog topic {self._changelog}")
         self._outcome_counters = {o: EVENTS.labels(o.value) for o in Outcome}
-        self._debug = s.log_level == "DEBUG"
-        register_views(self)
+        self._debug = settings.log_level == "DEBUG"
 
-    # ------------------------------------------------------------------ the agent
+    # ------------------------------------------------------------------ life cycle
 
-    async def _tally_agent(self, stream: Any) -> None:
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a fatal error (the process exits)."""
+        from .web import WebServer  # aiohttp is only needed by a running worker
+
         s = self.settings
-        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
-            try:
-                await self.process_batch(events)
-            except BaseException as exc:
-                # faust's take_events acks a batch even when its body fails; an unfinished
-                # batch must not be committed. Fail-stop: exit now, without committing, and
-                # let the restarted worker process the batch again (at-least-once).
-                log.critical("batch_failed_exiting", error=repr(exc), events=len(events))
-                os._exit(70)
+        self._lock = asyncio.Lock()
+        session_ms = int(s.session_timeout_seconds * 1000)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.app_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=30000,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.app_id}-consumer",
+            group_id=s.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, min(3000, session_ms // 3)),
+            rebalance_timeout_ms=max(30000, 3 * session_ms),
+            partition_assignment_strategy=(self.assignor,),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._restore = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.app_id}-restore",
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        web = WebServer(self)
+        await web.start()
+        await self._producer.start()
+        await self._restore.start()
+        await self._consumer.start()
+        self._consumer.subscribe(list(self.inputs), listener=_Rebalance(self))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        timers = [
+            asyncio.create_task(self._every(s.close_tick_seconds, self._close_tick)),
+            asyncio.create_task(self._every(5.0, self._state_metrics)),
+            asyncio.create_task(self._every(5.0, self._watchdog)),
+        ]
+        self.start_loop_watchdog()
+        log.info("worker_started", web=self.url, group=s.app_id, inputs=list(self.inputs))
+        try:
+            await self._consume()
+        finally:
+            for task in timers:
+                task.cancel()
+            await asyncio.gather(*timers, return_exceptions=True)
+            await self._consumer.stop()  # leaves the group: the others rebalance at once
+            await self._restore.stop()
+            await self._producer.stop()
+            await web.stop()
+            log.info("worker_stopped")
+        return 0
 
-    async def process_batch(self, events: Sequence[Any]) -> None:
+    def stop(self) -> None:
+        """Finish the batch in flight, commit it, leave the group."""
+        self._stopping = True
+
+    async def _every(self, seconds: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a timer must not die of one failure
+                log.exception("timer_failed", job=job.__name__)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None and self._lock is not None
+        consumer = self._consumer
+        s = self.settings
+        while not self._stopping:
+            epoch = self._epoch
+            batch = await consumer.getmany(timeout_ms=500, max_records=s.batch_max_events)
+            if not batch:
+                continue
+            async with self._lock:
+                if epoch != self._epoch:
+                    # A rebalance happened while fetching: the batch may hold messages of an
+                    # old assignment. Drop it and fetch again from the next unprocessed offset
+                    # of each partition still owned (the others go to their new owner).
+                    self._rewind(batch)
+                    continue
+                try:
+                    await self.process_batch(batch)
+                except BaseException as exc:
+                    # Fail-stop: nothing of this batch is committed; a restarted worker
+                    # processes it again from the last committed offsets (at-least-once).
+                    log.critical("batch_failed_exiting", error=repr(exc))
+                    os._exit(BATCH_FAILED_EXIT_CODE)
+
+    def _rewind(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        for tp in batch:
+            if tp in assignment and tp in self.next_offset:
+                self._consumer.seek(tp, self.next_offset[tp])
+        log.info("stale_batch_refetched", partitions=sorted(map(str, batch)))
+
+    async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         self._batch_started = time.monotonic()
         started = time.perf_counter()
         now = datetime.now(UTC)
-        touched: dict[str, PatientLedger] = {}
-        lookups: dict[int, Any] = {}
+        touched: Ledgers = {}
         outputs: list[tuple[int, Output]] = []  # (partition, output): outputs stay co-partitioned
         control = self.settings.topics.month_close
-        done = self._done_offsets
-        for event in events:
-            msg = event.message
-            done[(msg.topic, msg.partition)] = msg.offset + 1
-            raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
-            if msg.topic == control:
-                outputs += [(msg.partition, o) for o in self._close(raw, msg, now, touched)]
-                continue
-            # the input must be keyed by patient id: an unkeyed log is a key mismatch too
-            key = msg.key.decode("utf-8", "replace") if msg.key is not None else ""
-            source = Source(msg.topic, msg.partition, msg.offset)
-            lookup = lookups.get(msg.partition)
-            if lookup is None:
-                lookup = lookups[msg.partition] = self._ledger_lookup(msg.partition, touched)
-            try:
-                processed, ledger = process(
-                    self.engine, lookup, raw, source, key=key, received_at=now
-                )
-            except Exception as exc:  # a bug must not lose the event: dead-letter it
-                log.exception("event_failed", partition=msg.partition, offset=msg.offset)
-                reason = Reason.INTERNAL_ERROR
-                dead = rejected_output(raw, reason, type(exc).__name__, source, key, now)
-                processed, ledger = Processed(Outcome.REJECTED, [dead], None, reason), None
-            self._outcome_counters[processed.outcome].inc()
-            if ledger is not None:
-                touched[ledger.patient_id] = ledger
-            if processed.reason is not None:
-                REJECTIONS.labels(processed.reason.value).inc()
-                self._log_outcome(processed, source)
-            elif self._debug:
-                self._log_outcome(processed, source)
-            outputs += [(msg.partition, o) for o in processed.outputs]
+        count = 0
+        for tp, messages in batch.items():
+            ledgers = self.ledgers.setdefault(tp.partition, {})
+            lookup = self._ledger_lookup(tp.partition, ledgers)
+            for msg in messages:
+                count += 1
+                raw = msg.value if msg.value is not None else b""
+                if tp.topic == control:
+                    closed = self._close(raw, msg, now, ledgers, touched)
+                    outputs += [(tp.partition, o) for o in closed]
+                    continue
+                outputs += [(tp.partition, o) for o in self._apply(raw, msg, lookup, touched, now)]
         await self.publish(outputs)
-        self.persist(touched)
+        await self.persist(touched)
+        await self.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
         self._batch_started = None
         self._last_batch_done = time.monotonic()
         finished = time.perf_counter()
-        BATCH_SIZE.observe(len(events))
-        per_event = (finished - started) / max(1, len(events))
+        BATCH_SIZE.observe(count)
+        per_event = (finished - started) / max(1, count)
         wall = time.time()
-        for event in events:
-            PROCESSING.observe(per_event)
-            END_TO_END.observe(max(0.0, wall - event.message.timestamp))
+        for messages in batch.values():
+            for msg in messages:
+                PROCESSING.observe(per_event)
+                END_TO_END.observe(max(0.0, wall - msg.timestamp / 1000))
 
-    def _ledger_lookup(self, partition: int, touched: dict[str, PatientLedger]) -> Any:
-        data = self.table.data
+    def _apply(
+        self, raw: bytes, msg: ConsumerRecord, lookup: Any, touched: Ledgers, now: datetime
+    ) -> list[Output]:
+        # the input must be keyed by patient id: an unkeyed log is a key mismatch too
+        key = msg.key.decode("utf-8", "replace") if msg.key is not None else ""
+        source = Source(msg.topic, msg.partition, msg.offset)
+        try:
+            processed, ledger = process(self.engine, lookup, raw, source, key=key, received_at=now)
+        except Exception as exc:  # a bug must not lose the event: dead-letter it
+            log.exception("event_failed", partition=msg.partition, offset=msg.offset)
+            reason = Reason.INTERNAL_ERROR
+            dead = rejected_output(raw, reason, type(exc).__name__, source, key, now)
+            processed, ledger = Processed(Outcome.REJECTED, [dead], None, reason), None
+        self._outcome_counters[processed.outcome].inc()
+        if ledger is not None:
+            self.ledgers[msg.partition][ledger.patient_id] = ledger
+            touched[ledger.patient_id] = ledger
+        if processed.reason is not None:
+            REJECTIONS.labels(processed.reason.value).inc()
+            self._log_outcome(processed, source)
+        elif self._debug:
+            self._log_outcome(processed, source)
+        return processed.outputs
 
+    @staticmethod
+    def _ledger_lookup(partition: int, ledgers: Ledgers) -> Any:
         def lookup(patient_id: str) -> PatientLedger:
-            found = touched.get(patient_id)
-            if found is None:
-                found = data.get(patient_id)
-            if found is None:
-                found = PatientLedger(patient_id, partition=partition)
-            return found
+            found = ledgers.get(patient_id)
+            return found if found is not None else PatientLedger(patient_id, partition=partition)
 
         return lookup
 
-    def persist(self, touched: dict[str, PatientLedger]) -> None:
-        """Write the batch's changed ledgers to the table and its changelog, once each, to the
-        ledger's input partition (faust flushes them before it commits the input offsets).
-
-        Writing them straight to the producer instead was 50% faster in bench_stream; it was
-        set aside after a stall that later showed on this path too (docs/benchmarks.md).
-        """
-        data = self.table.data
-        for patient_id, ledger in touched.items():
-            data[patient_id] = ledger
-            self.table.send_changelog(ledger.partition, patient_id, ledger)
-
     async def publish(self, outputs: Iterable[tuple[int, Output]]) -> None:
-        """Send outputs to the input's partition number; wait until every one is acknowledged
-        (before the batch's ledgers are written: an output is never lost behind its state)."""
-        producer = await self.app.maybe_start_producer()
+        """Send outputs to the input's partition number and wait until every one is
+        acknowledged (before the ledgers are written: an output is never lost behind state)."""
+        assert self._producer is not None
+        send = self._producer.send
         pending = []
         for partition, out in outputs:
             topic = self.out_topics[out.kind]
-            fut = await producer.send(
-                topic, out.key.encode(), out.to_json().encode(), partition, None, None
-            )
-            pending.append(fut)
+            value = out.to_json().encode()
+            pending.append(await send(topic, value, key=out.key.encode(), partition=partition))
             self._count_output(out)
         if pending:
             await asyncio.gather(*pending)
+
+    async def persist(self, touched: Ledgers) -> None:
+        """Write the batch's changed ledgers to the compacted changelog, once each, to the
+        ledger's input partition; wait for the acks (before the input offsets are committed)."""
+        assert self._producer is not None
+        send = self._producer.send
+        pending = []
+        for patient_id, ledger in touched.items():
+            value = ledger_codec.dumps(ledger)
+            pending.append(
+                await send(
+                    self.changelog, value, key=patient_id.encode(), partition=ledger.partition
+                )
+            )
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError:
+            # the group moved on without us (e.g. a long pause): the partitions' new owner
+            # replays from the last commit against the changelog we wrote, so nothing is lost;
+            # our in-memory state is re-checked against the commit at the next assignment
+            log.warning("commit_failed_after_rebalance", partitions=sorted(map(str, offsets)))
+            return
+        self.next_offset.update(offsets)
 
     @staticmethod
     def _count_output(out: Output) -> None:
@@ -326,33 +399,126 @@ class TallyWorker:
         else:
             log.debug("input_applied", detail=processed.detail, **fields)
 
+    # ------------------------------------------------------------------ rebalancing
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        assert self._lock is not None
+        self._ready = False
+        self._epoch += 1
+        async with self._lock:  # the batch in flight finishes: outputs, changelog, commit
+            self._epoch += 1
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self._lock is not None and self._consumer is not None
+        try:
+            async with self._lock:
+                self._epoch += 1
+                await self._take_over(assigned)
+                self._epoch += 1
+        except Exception as exc:
+            # aiokafka would log and swallow this and let us run on missing state: never
+            log.critical("assignment_failed_exiting", error=repr(exc))
+            os._exit(STALL_EXIT_CODE)
+        self._ready = True
+        self._ready_since = time.monotonic()
+
+    async def _take_over(self, assigned: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        timelog, control = self.inputs
+        partitions = {tp.partition for tp in assigned if tp.topic == timelog}
+        controls = {tp.partition for tp in assigned if tp.topic == control}
+        if controls != partitions:
+            log.error(
+                "inputs_not_copartitioned",
+                timelog=sorted(partitions),
+                month_close=sorted(controls),
+            )
+        committed: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            offset = await self._consumer.committed(tp)
+            committed[tp] = offset if offset is not None and offset >= 0 else 0
+        # a partition held before is up to date only if nobody committed past us meanwhile
+        keep = {
+            p
+            for p in partitions & self.owned
+            if all(
+                committed.get(TopicPartition(t, p), 0)
+                == self.next_offset.get(TopicPartition(t, p), 0)
+                for t in self.inputs
+            )
+        }
+        for p in set(self.ledgers) - keep:
+            del self.ledgers[p]
+        recover = sorted(partitions - keep)
+        started = time.perf_counter()
+        recovered = await self._recover(recover) if recover else 0
+        self.owned = partitions
+        self.next_offset = {tp: committed[tp] for tp in assigned}
+        ASSIGNED_PARTITIONS.set(len(partitions))
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(partitions),
+            kept=sorted(keep),
+            recovered_partitions=recover,
+            recovered_ledgers=recovered,
+            recovery_seconds=round(time.perf_counter() - started, 3),
+        )
+
+    async def _recover(self, partitions: Sequence[int]) -> int:
+        """Read the changelog of ``partitions`` from the start to its current end."""
+        assert self._restore is not None
+        restore = self._restore
+        tps = [TopicPartition(self.changelog, p) for p in partitions]
+        restore.assign(tps)
+        await restore.seek_to_beginning(*tps)
+        ends = await restore.end_offsets(tps)
+        remaining = {tp: end for tp, end in ends.items() if end > 0}
+        for p in partitions:
+            self.ledgers[p] = {}
+        count = 0
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_SECONDS
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"changelog recovery incomplete: {remaining}")
+            batch = await restore.getmany(*remaining, timeout_ms=500, max_records=20000)
+            for tp, messages in batch.items():
+                ledgers = self.ledgers[tp.partition]
+                for msg in messages:
+                    if msg.key is None:
+                        continue
+                    patient_id = msg.key.decode()
+                    if msg.value is None:  # tombstone
+                        ledgers.pop(patient_id, None)
+                        continue
+                    ledger = ledger_codec.loads(msg.value)
+                    ledger.partition = tp.partition
+                    ledgers[patient_id] = ledger
+                    count += 1
+            for tp in list(remaining):
+                if await restore.position(tp) >= remaining[tp]:
+                    del remaining[tp]
+        restore.unsubscribe()
+        return count
+
     # ------------------------------------------------------------------ month close
 
     def _close(
-        self, raw: bytes, msg: Any, now: datetime, touched: dict[str, PatientLedger]
+        self, raw: bytes, msg: ConsumerRecord, now: datetime, ledgers: Ledgers, touched: Ledgers
     ) -> list[Output]:
         """Apply a close command to the ledgers of the message's partition."""
         started = time.perf_counter()
+        source = Source(msg.topic, msg.partition, msg.offset)
         try:
             command = MonthCloseCommand.model_validate_json(raw)
         except ValidationError as err:
             log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)
             reason, message = reason_from_validation_error(err)
-            return [
-                rejected_output(
-                    raw, reason, message, Source(msg.topic, msg.partition, msg.offset), None, now
-                )
-            ]
+            return [rejected_output(raw, reason, message, source, None, now)]
         trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
         outputs: list[Output] = []
         closed = 0
-        stored = self.table.data
-        # ledgers are changed in place, so a stored one is also this batch's; only ledgers
-        # created in this batch are not stored yet (snapshots: the loop adds to ``touched``)
-        fresh = [(p, ledger) for p, ledger in touched.items() if p not in stored]
-        for patient_id, ledger in chain(list(stored.items()), fresh):
-            if ledger.partition != msg.partition:
-                continue
+        for patient_id, ledger in ledgers.items():
             produced = self.engine.close(ledger, command, trigger)
             if produced:
                 closed += len(produced)
@@ -371,88 +537,93 @@ class TallyWorker:
         return outputs
 
     async def _close_tick(self) -> None:
-        """Ask every input partition this worker owns to close its due months."""
+        """Ask every input partition this worker owns to close its due months (through the
+        control topic, so the close is ordered with the partition's input and replayable)."""
+        if not self._ready or self._producer is None:
+            return
         now = datetime.now(UTC)
         control = self.settings.topics.month_close
-        timelog = self.settings.topics.timelog
-        partitions = sorted(
-            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == timelog
-        )
-        producer = await self.app.maybe_start_producer()
-        for partition in partitions:
+        for partition in sorted(self.owned):
             command = MonthCloseCommand(
                 command_id=f"tick-{now.strftime('%Y%m%dT%H%M%S')}-{partition}",
                 mode="due",
                 as_of=now,
                 requested_by="timer",
             )
-            await producer.send(
-                control, None, command.model_dump_json().encode(), partition, None, None
+            await self._producer.send(
+                control, command.model_dump_json().encode(), partition=partition
             )
 
     # ------------------------------------------------------------------ state metrics
 
     async def _state_metrics(self) -> None:
-        open_, closed = 0, 0
-        patients = 0
-        for ledger in list(self.table.data.values()):
-            patients += 1
-            for month in ledger.months.values():
-                if month.closed:
-                    closed += 1
-                else:
-                    open_ += 1
+        open_, closed, patients = 0, 0, 0
+        for ledgers in list(self.ledgers.values()):
+            for ledger in list(ledgers.values()):
+                patients += 1
+                for month in ledger.months.values():
+                    if month.closed:
+                        closed += 1
+                    else:
+                        open_ += 1
         PATIENTS.set(patients)
         PATIENT_MONTHS.labels("open").set(open_)
         PATIENT_MONTHS.labels("closed").set(closed)
+        ASSIGNED_PARTITIONS.set(len(self.owned))
         await self._consumer_lag()
 
+    async def _end_offsets(self) -> dict[TopicPartition, int] | None:
+        """End offsets of the owned input partitions (None: the broker did not answer)."""
+        if self._consumer is None or not self.owned:
+            return {}
+        tps = [TopicPartition(t, p) for t in self.inputs for p in self.owned]
+        try:
+            ends = await asyncio.wait_for(self._consumer.end_offsets(tps), timeout=5.0)
+        except (TimeoutError, KafkaError):
+            return None
+        return dict(ends)
+
     async def _consumer_lag(self) -> None:
-        consumer = getattr(self.app, "_consumer", None)
-        if consumer is None:
+        ends = await self._end_offsets()
+        if not ends:
             return
         timelog = self.settings.topics.timelog
-        tps = [tp for tp in consumer.assignment() if tp.topic == timelog]
-        ASSIGNED_PARTITIONS.set(len(tps))
-        if not tps:
-            return
-        try:
-            highwaters = await asyncio.wait_for(consumer.highwaters(*tps), timeout=5.0)
-        except Exception:  # lag is best effort (a stuck consumer is the watchdog's case)
-            return
         owned = set()
-        for tp in tps:
-            position = consumer._read_offset.get(tp)
-            done = (position + 1) if position is not None else 0
-            CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwaters.get(tp, 0) - done))
-            owned.add(tp.partition)
+        for tp, end in ends.items():
+            if tp.topic == timelog:
+                lag = max(0, end - self.next_offset.get(tp, 0))
+                CONSUMER_LAG.labels(str(tp.partition)).set(lag)
+                owned.add(tp.partition)
         for gone in self._lag_partitions - owned:  # revoked: stop reporting a stale lag
-            CONSUMER_LAG.remove(str(gone))
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(str(gone))
         self._lag_partitions = owned
 
-    async def _watchdog(self) -> None:
-        """Fail-stop when a batch or the stream stops moving while input waits.
+    # ------------------------------------------------------------------ watchdogs
 
-        faust-streaming was seen to stop delivering messages after a rebalance, with no error
-        and lag waiting. The watchdog logs every task's stack, then exits with code 75
-        (EX_TEMPFAIL) so that the supervisor (Kubernetes, compose ``restart``, the test and
-        demo runner) starts a fresh worker, which resumes from the committed offsets: at-least-
-        once, nothing lost. ``CCM_STALL_EXIT_SECONDS=0`` turns it off.
-        """
+    async def _watchdog(self) -> None:
+        """Fail-stop when a batch or the stream stops moving while input waits: log every
+        task's stack and exit 75 (EX_TEMPFAIL) for the supervisor (Kubernetes, compose
+        ``restart``, the test and demo runner) to start a fresh worker, which resumes from
+        the committed offsets. ``CCM_STALL_EXIT_SECONDS=0`` turns it off."""
         limit = self.settings.stall_exit_seconds
         now = self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = True
-        if not self.is_ready():  # rebalancing or recovering: not a stall
+        if not self._ready:  # rebalancing or recovering: not a stall
             self._ready_since = now
             return
         if limit <= 0:
             return
-        lag = await self._waiting_input()
-        if lag == 0:
+        ends = await self._end_offsets()
+        if ends is None:
+            waiting = 1  # the broker does not answer us: count it as input waiting
+        else:
+            waiting = sum(max(0, end - self.next_offset.get(tp, 0)) for tp, end in ends.items())
+        if waiting == 0:
             self._caught_up_at = now
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
         quiet = now - max(self._last_batch_done, self._ready_since, self._caught_up_at)
-        stuck_stream = self._batch_started is None and lag > 0 and quiet > limit
+        stuck_stream = self._batch_started is None and waiting > 0 and quiet > limit
         if not (stuck_batch or stuck_stream):
             return
         stacks = []
@@ -463,7 +634,7 @@ class TallyWorker:
         log.error(
             "worker_stalled_exiting",
             in_batch=stuck_batch,
-            lag=lag,
+            waiting=waiting,
             seconds_quiet=round(quiet, 1),
             stacks="\n".join(stacks),
         )
@@ -480,42 +651,28 @@ class TallyWorker:
             while True:
                 time.sleep(5.0)
                 silent = time.monotonic() - self._watchdog_ran_at
-                # armed by the first watchdog tick: start-up and recovery may take long
                 if self._watchdog_armed and silent > max(60.0, 2 * limit):
                     log.error("event_loop_stalled_exiting", seconds_silent=round(silent, 1))
                     os._exit(STALL_EXIT_CODE)
 
         threading.Thread(target=watch, name="ccm-loop-watchdog", daemon=True).start()
 
-    async def _waiting_input(self) -> int:
-        """Input messages (time logs, close commands) of owned partitions not yet processed:
-        highwater minus what this worker processed (or found committed). Counts messages
-        faust fetched but never delivered, which the fetch-position lag gauge does not."""
-        consumer = getattr(self.app, "_consumer", None)
-        if consumer is None:
-            return 0
-        inputs = {self.settings.topics.timelog, self.settings.topics.month_close}
-        tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
-        if not tps:
-            return 0
-        try:
-            highwaters = await asyncio.wait_for(consumer.highwaters(*tps), timeout=5.0)
-        except TimeoutError:  # the consumer does not answer: count it as input waiting
-            return 1
-        except Exception:  # best effort: no verdict without highwaters
-            return 0
-        waiting = 0
-        for tp in tps:
-            done = max(
-                self._done_offsets.get((tp.topic, tp.partition), 0),
-                consumer._committed_offset.get(tp) or 0,
-            )
-            waiting += max(0, highwaters.get(tp, 0) - done)
-        return waiting
+    # ------------------------------------------------------------------ look-ups
 
     def is_ready(self) -> bool:
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        return bool(recovery.completed.is_set() and not self.app.rebalancing)
+        """Partitions assigned and their ledgers recovered; not in a rebalance."""
+        return self._ready
+
+    def ledger(self, patient_id: str) -> PatientLedger | None:
+        for ledgers in self.ledgers.values():
+            found = ledgers.get(patient_id)
+            if found is not None:
+                return found
+        return None
+
+    def route(self, partition: int) -> str | None:
+        """The web URL of the worker that owns ``partition`` (None: unknown)."""
+        return self.assignor.routes.get(partition)
 
 
-__all__ = ["Request", "Response", "TallyWorker", "View", "changelog_topic_name"]
+__all__ = ["TallyWorker", "changelog_topic_name"]

@@ -8,7 +8,6 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ccm_cli.main import aware_datetime
@@ -23,7 +22,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("bootstrap_servers", "kafka_bootstrap_servers"),
         ("partitions", "partitions"),
         ("web_port", "web_port"),
-        ("data_dir", "data_dir"),
         ("profiles", "profiles_file"),
         ("practices", "practices_file"),
         ("close_tick_seconds", "close_tick_seconds"),
@@ -105,11 +103,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the service's subcommands on the ``ccm-tally`` parser."""
-    worker = sub.add_parser("worker", help="run the tally worker (faust) against Kafka")
+    worker = sub.add_parser("worker", help="run the tally worker against Kafka")
     _kafka_args(worker)
     config_args(worker)
     worker.add_argument("--web-port", type=int, help="metrics/health/look-up port (6066)")
-    worker.add_argument("--data-dir", type=Path, help="worker data directory")
     worker.add_argument("--close-tick-seconds", type=float, help="month-close timer period")
     worker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)

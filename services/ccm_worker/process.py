@@ -44,7 +44,6 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_TOPIC_DLQ": t.dlq,
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
-        "CCM_DATA_DIR": str(settings.data_dir),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,
         "CCM_SESSION_TIMEOUT_SECONDS": str(settings.session_timeout_seconds),
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
@@ -65,9 +64,7 @@ class WorkerProcess:
         self.dir = workdir / f"{label}-{self.port}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "worker.log"
-        self.settings = settings.model_copy(
-            update={"web_port": self.port, "data_dir": self.dir / "data"}
-        )
+        self.settings = settings.model_copy(update={"web_port": self.port})
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.restarts = 0  # respawns after a stall exit (code 75), as a supervisor would
@@ -156,7 +153,7 @@ class WorkerProcess:
         return None
 
     def stop(self, timeout: float = 60.0) -> float:
-        """Graceful stop (SIGTERM: faust commits and flushes); the seconds it took."""
+        """Graceful stop (SIGTERM: the batch in flight finishes, commits); the seconds it took."""
         self._stopping = True
         started = time.monotonic()
         if self.proc and self.proc.poll() is None:

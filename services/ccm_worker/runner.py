@@ -1,8 +1,8 @@
-"""Run the worker process: create topics, build the faust app, run until stopped."""
+"""Run the worker process: create topics, start the worker, run until stopped."""
 
 from __future__ import annotations
 
-import faust
+import asyncio
 
 from ccm_core.observability import configure_logging, get_logger
 from ccm_core.settings import Settings
@@ -23,11 +23,4 @@ def run_worker(settings: Settings) -> int:
         web=f"http://{settings.web_host}:{settings.web_port}",
         processing_guarantee=settings.processing_guarantee,
     )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    worker = TallyWorker(settings)
-    worker.start_loop_watchdog()
-    faust_worker = faust.Worker(
-        worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
-    )
-    faust_worker.execute_from_commandline()
-    return 0
+    return asyncio.run(TallyWorker(settings).run())

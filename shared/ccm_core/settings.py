@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     topics: Topics = Field(default_factory=Topics)
     processing_guarantee: Literal["at_least_once"] = Field(
         default="at_least_once",
-        description="faust's exactly_once was evaluated and not kept: "
+        description="Kafka transactions (exactly_once) were evaluated and not kept: "
         "docs/processing-guarantee.md.",
     )
     web_host: str = "127.0.0.1"
@@ -56,7 +56,6 @@ class Settings(BaseSettings):
         description="Host other workers use to reach this one (table look-up routing); "
         "defaults to web_host. Set it when web_host is 0.0.0.0.",
     )
-    data_dir: Path = Path(".local/worker")
     batch_max_events: Annotated[int, Field(gt=0)] = 2000
     batch_within_seconds: Annotated[float, Field(gt=0)] = 0.02
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0

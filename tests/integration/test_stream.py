@@ -9,6 +9,7 @@ bad input to the dead-letter topic without blocking the patient's later events.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import pytest
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.ingest import LocalTally, Source
 from ccm_simulator.generator import SimulationSpec, generate
+from ccm_worker.routing import partition_of
 from tests.integration.harness import (
     Stack,
     WorkerProcess,
@@ -343,3 +345,97 @@ def test_timer_closes_due_months_and_late_log_reissues_record(
     assert late["close_trigger"] == "late_event"
     assert late["lines"] == [{"code": "99487", "units": 1}, {"code": "99489", "units": 1}]
     assert records[0]["id"] != records[1]["id"]
+
+
+def test_scale_up_and_down_under_load_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """While time logs keep arriving, a second worker joins and then the first leaves (a
+    rolling update): two rebalances mid-stream, and the result is still exactly the core's."""
+    events = simulated(patients=1500, seed=31)
+    stack = Stack(kafka_bootstrap)
+    stack.create_topics()
+
+    def feed() -> None:  # about 8 s of steady input
+        for i in range(0, len(events), 200):
+            produce(stack, events[i : i + 200])
+            time.sleep(0.15)
+
+    feeder = threading.Thread(target=feed)
+    a = WorkerProcess(stack, tmp_path, "a").start()
+    b: WorkerProcess | None = None
+    try:
+        feeder.start()
+        deadline = time.monotonic() + 60
+        while events_seen(a.metrics()) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        b = WorkerProcess(stack, tmp_path, "b").start()  # joins mid-stream
+        seen_a = events_seen(a.metrics())
+        a.stop()  # leaves mid-stream: b takes every partition
+        input_still_flowing = feeder.is_alive()
+        feeder.join()
+        wait_processed(stack)
+        send_close(stack, CLOSE_ALL_DUE)
+        wait_processed(stack)
+        stream = collect(stack)
+        seen_b = events_seen(b.metrics())
+    finally:
+        feeder.join()
+        if b is not None:
+            b.stop()
+        a.stop()
+    assert input_still_flowing, "both rebalances must happen while input arrives"
+    assert seen_a > 0 and seen_b > 0, "both workers processed input"
+    assert_agrees_with_replay(stream, replayed(events))
+    assert a.errors() == [] and b.errors() == []
+
+
+def test_tally_lookup_is_answered_by_any_worker(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``/tally/{patient}`` on either worker gives the patient's tally: the worker that does
+    not own the patient's partition forwards the look-up to the one that does."""
+
+    def log(patient: str, minutes: int) -> tuple[bytes, bytes]:
+        value = {
+            "event_type": "time_logged",
+            "event_id": f"{patient}-1",
+            "patient_id": patient,
+            "practice_id": "prac-1",
+            "payer": "cms",
+            "staff_id": "rn-1",
+            "role": "rn",
+            "licensed": True,
+            "activity": "care_plan",
+            "minutes": minutes,
+            "start": "2026-03-10T10:00:00-04:00",
+            "recorded_at": "2026-03-10T12:00:00-04:00",
+        }
+        return patient.encode(), json.dumps(value).encode()
+
+    patients = {f"pat-route-{i}": 55 + i for i in range(8)}
+    stack = Stack(kafka_bootstrap, partitions=4)
+    stack.create_topics()
+    a = WorkerProcess(stack, tmp_path, "a").start()
+    b = WorkerProcess(stack, tmp_path, "b").start()
+    try:
+        produce(stack, [log(p, m) for p, m in patients.items()])
+        wait_processed(stack)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owned = [w.get("/readyz") for w in (a, b)]
+            if all(o and len(o["partitions"]) == 2 for o in owned):
+                break
+            time.sleep(0.2)
+        answers = {p: (a.get(f"/tally/{p}"), b.get(f"/tally/{p}")) for p in patients}
+        unknown = (a.get("/tally/pat-nobody"), b.get("/tally/pat-nobody"))
+    finally:
+        b.stop()
+        a.stop()
+    for patient, minutes in patients.items():
+        from_a, from_b = answers[patient]
+        assert from_a is not None and from_a == from_b, patient
+        [month] = from_a["months"]
+        assert month["qualifying_minutes"] == minutes
+        reached = [line["code"] for line in month["codes_reached"]]
+        assert reached == (["99487"] if minutes >= 60 else [])
+    assert unknown == (None, None)  # 404 on both
+    # both workers own some of these patients, so each answered some look-ups by forwarding
+    homes = {partition_of(p, stack.partitions) for p in patients}
+    assert all(o and homes & set(o["partitions"]) for o in owned), (homes, owned)

@@ -10,7 +10,7 @@ ARG PYTHON_VERSION=3.11
 # ---------------------------------------------------------------- build: wheels into a venv
 FROM python:${PYTHON_VERSION}-slim AS build
 
-# faust-streaming 0.15.3 ships only an sdist; a compiler builds its Cython speed-ups.
+# A compiler for any dependency without a wheel for the target platform (aiokafka, aiohttp).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*

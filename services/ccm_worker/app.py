@@ -543,6 +543,7 @@ class TallyWorker:
             return
         now = datetime.now(UTC)
         control = self.settings.topics.month_close
+        sent = []
         for partition in sorted(self.owned):
             command = MonthCloseCommand(
                 command_id=f"tick-{now.strftime('%Y%m%dT%H%M%S')}-{partition}",
@@ -550,9 +551,9 @@ class TallyWorker:
                 as_of=now,
                 requested_by="timer",
             )
-            await self._producer.send(
-                control, command.model_dump_json().encode(), partition=partition
-            )
+            value = command.model_dump_json().encode()
+            sent.append(await self._producer.send(control, value, partition=partition))
+        await asyncio.gather(*sent)  # a failed tick is logged by the timer; the next retries
 
     # ------------------------------------------------------------------ state metrics
 

@@ -1,6 +1,6 @@
 """Operator-side helpers over Kafka: how far the workers are, and what they published.
 
-Used by the demo, the integration tests and the benchmarks; plain aiokafka, no faust.
+Used by the demo, the integration tests and the benchmarks; plain aiokafka.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Explicit topic creation (the design asks for it; faust's auto-declare is only a fallback)."""
+"""Explicit topic creation: every topic co-partitioned on patient id, the changelog compacted."""
 
 from __future__ import annotations
 

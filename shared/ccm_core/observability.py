@@ -61,7 +61,7 @@ ASSIGNED_PARTITIONS = Gauge("ccm_assigned_partitions", "Input partitions assigne
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    """structlog to stderr, JSON lines by default; stdlib logging (faust, aiokafka) joined in."""
+    """structlog to stderr, JSON lines by default; stdlib logging (aiokafka, aiohttp) joined in."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -57,7 +57,6 @@ class Settings(BaseSettings):
         "defaults to web_host. Set it when web_host is 0.0.0.0.",
     )
     batch_max_events: Annotated[int, Field(gt=0)] = 2000
-    batch_within_seconds: Annotated[float, Field(gt=0)] = 0.02
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
     session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     stall_exit_seconds: Annotated[float, Field(ge=0)] = Field(

@@ -1,6 +1,6 @@
 """The streaming worker through a real Kafka broker, compared with the broker-free core.
 
-Each test runs real ``ccm-tally worker`` processes (faust + aiokafka) against the session's
+Each test runs real ``ccm-tally worker`` processes (aiokafka consumer group) against the session's
 broker and checks what a billing consumer relies on: the stream agrees with ``replay`` exactly,
 survives restarts, crashes and rebalances without losing or double-counting a minute, and sends
 bad input to the dead-letter topic without blocking the patient's later events.

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         description="Host other workers use to reach this one (table look-up routing); "
         "defaults to web_host. Set it when web_host is 0.0.0.0.",
     )
-    batch_max_events: Annotated[int, Field(gt=0)] = 2000
+    batch_max_events: Annotated[int, Field(gt=0)] = 5000
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
     session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     stall_exit_seconds: Annotated[float, Field(ge=0)] = Field(

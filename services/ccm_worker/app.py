@@ -68,7 +68,7 @@ from ccm_core.settings import Settings
 from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine
 
 from .process import STALL_EXIT_CODE
-from .routing import RoutingAssignor, routing_assignor
+from .routing import RoutingAssignor, advertised_url, routing_assignor
 
 log = get_logger("ccm.worker")
 
@@ -110,7 +110,7 @@ class TallyWorker:
             "billing_record": t.billing_record,
             "rejected": t.dlq,
         }
-        self.url = f"http://{settings.web_advertised_host or settings.web_host}:{settings.web_port}"
+        self.url = advertised_url(settings)
         self.assignor: type[RoutingAssignor] = routing_assignor(self.url, t.timelog)
         # state: the ledgers of each owned input partition, and the next offset to process
         self.ledgers: dict[int, Ledgers] = {}

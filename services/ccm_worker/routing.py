@@ -12,6 +12,7 @@ whole ``partition -> URL`` map to every member with its assignment, so any worke
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterable, Mapping
 
 from aiokafka.cluster import ClusterMetadata
@@ -22,12 +23,26 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.partitioner import murmur2
 
+from ccm_core.settings import Settings
+
 PROTOCOL_NAME = "ccm-range-v1"
 
 
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java and aiokafka alike) picks for a key."""
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def advertised_url(settings: Settings) -> str:
+    """The URL other workers reach this one's web port at: ``CCM_WEB_ADVERTISED_HOST``, else
+    the bind host, else (bound to every interface, as in a container) this host's address."""
+    host = settings.web_advertised_host or settings.web_host
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = socket.gethostname()
+    return f"http://{host}:{settings.web_port}"
 
 
 def _url_of(user_data: bytes) -> str | None:

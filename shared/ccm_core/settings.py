@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_advertised_host: str | None = Field(
         default=None,
-        description="Host other workers use to reach this one (table look-up routing); "
-        "defaults to web_host. Set it when web_host is 0.0.0.0.",
+        description="Host other workers use to reach this one (look-up forwarding); "
+        "defaults to web_host, or to this host's address when web_host is 0.0.0.0.",
     )
     batch_max_events: Annotated[int, Field(gt=0)] = 5000
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0

@@ -27,7 +27,18 @@ def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the names created now."""
     plan, compacted = topic_plan(settings)
     # the control topic gets a timer tick per partition a minute: keep a week of it
-    configs = {settings.topics.month_close: {"retention.ms": str(7 * 24 * 3600 * 1000)}}
+    week = str(7 * 24 * 3600 * 1000)
+    # the changelog gets one record per changed patient per batch; only closed segments are
+    # compacted, so roll them often enough that recovery reads little beyond the live ledgers
+    changelog = {
+        "segment.bytes": str(64 * 1024 * 1024),
+        "segment.ms": str(6 * 3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.2",
+    }
+    configs = {
+        settings.topics.month_close: {"retention.ms": week},
+        changelog_topic_name(settings): changelog,
+    }
     return create_topics_sync(
         settings.kafka_bootstrap_servers,
         plan,

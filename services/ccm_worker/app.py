@@ -518,12 +518,19 @@ class TallyWorker:
         trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
         outputs: list[Output] = []
         closed = 0
+        archived = 0
         for patient_id, ledger in ledgers.items():
             produced = self.engine.close(ledger, command, trigger)
             if produced:
                 closed += len(produced)
                 touched[patient_id] = ledger
                 outputs += produced
+            # due closes also archive months past their filing window: state stays bounded
+            if command.mode == "due" and ledger.months:
+                pruned = self.engine.prune(ledger, command.as_of)
+                if pruned:
+                    archived += pruned
+                    touched[patient_id] = ledger
         elapsed = time.perf_counter() - started
         MONTH_CLOSE.observe(elapsed)
         log.info(
@@ -532,6 +539,7 @@ class TallyWorker:
             mode=command.mode,
             partition=msg.partition,
             records=closed,
+            archived=archived,
             seconds=round(elapsed, 3),
         )
         return outputs
@@ -558,10 +566,11 @@ class TallyWorker:
     # ------------------------------------------------------------------ state metrics
 
     async def _state_metrics(self) -> None:
-        open_, closed, patients = 0, 0, 0
+        open_, closed, archived, patients = 0, 0, 0, 0
         for ledgers in list(self.ledgers.values()):
             for ledger in list(ledgers.values()):
                 patients += 1
+                archived += len(ledger.archived)
                 for month in ledger.months.values():
                     if month.closed:
                         closed += 1
@@ -570,6 +579,7 @@ class TallyWorker:
         PATIENTS.set(patients)
         PATIENT_MONTHS.labels("open").set(open_)
         PATIENT_MONTHS.labels("closed").set(closed)
+        PATIENT_MONTHS.labels("archived").set(archived)
         ASSIGNED_PARTITIONS.set(len(self.owned))
         await self._consumer_lag()
 

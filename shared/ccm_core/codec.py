@@ -13,7 +13,7 @@ from typing import Any
 from .contracts import Activity, Role, VoidReason
 from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry, shared
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2 added archived months ("ar"); layout 1 still loads
 
 
 def _log(e: LogEntry) -> list[Any]:
@@ -113,11 +113,14 @@ def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
             for v in ledger.voids.values()
         ],
         "pe": list(ledger.pending.items()),
+        "ar": [
+            [practice, month, revision] for (practice, month), revision in ledger.archived.items()
+        ],
     }
 
 
 def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
-    if data.get("v") != LAYOUT_VERSION:
+    if data.get("v") not in (1, LAYOUT_VERSION):
         raise ValueError(f"unknown ledger layout {data.get('v')!r}")
     ledger = PatientLedger(data["p"], partition=data["pt"])
     for raw in data["m"]:
@@ -127,6 +130,7 @@ def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
         v[0]: VoidEntry(v[0], v[1], v[2], v[3], VoidReason(v[4]), v[5]) for v in data["vo"]
     }
     ledger.pending = dict(data["pe"])
+    ledger.archived = {(a[0], a[1]): a[2] for a in data.get("ar", ())}
     return ledger
 
 

@@ -115,6 +115,7 @@ class Reason(StrEnum):
     PAYER_CONFLICT = "payer_conflict"
     PRACTICE_MISMATCH = "practice_mismatch"
     KEY_MISMATCH = "key_mismatch"
+    MONTH_ARCHIVED = "month_archived"  # the patient-month was archived after its filing window
     INTERNAL_ERROR = "internal_error"  # the service failed on this input: kept, to replay
 
 

@@ -51,7 +51,9 @@ MONTH_CLOSE = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 PATIENT_MONTHS = Gauge(
-    "ccm_patient_months", "Patient-months held in this worker's table, by state.", ["state"]
+    "ccm_patient_months",
+    "Patient-months in this worker's table by state: open, closed, archived (a marker only).",
+    ["state"],
 )
 PATIENTS = Gauge("ccm_patients", "Patient ledgers held by this worker (active partitions).")
 CONSUMER_LAG = Gauge(

@@ -48,7 +48,14 @@ from .contracts import (
     TimeLogVoided,
     VoidReason,
 )
-from .months import add_months, close_deadline, last_day, local_date, local_month_of_epoch
+from .months import (
+    add_months,
+    close_deadline,
+    last_day,
+    local_date,
+    local_month_of_epoch,
+    parse_month,
+)
 from .profiles import PayerProfile
 
 MonthKey = tuple[str, str]
@@ -242,6 +249,8 @@ class PatientLedger:
     months: dict[MonthKey, MonthTally] = field(default_factory=dict)
     voids: dict[str, VoidEntry] = field(default_factory=dict)  # void event id -> void
     pending: dict[str, str] = field(default_factory=dict)  # voided log id -> void event id
+    # months archived after their filing window (see TallyEngine.prune) -> last revision issued
+    archived: dict[MonthKey, int] = field(default_factory=dict)
 
     def month_of_log(self, event_id: str) -> MonthKey | None:
         """The patient-month holding a log id (a patient has few months: a scan is cheap and
@@ -342,6 +351,12 @@ class TallyEngine:
         recorded = int(event.recorded_at.timestamp())
         key: MonthKey = (event.practice_id, local_month_of_epoch(start, practice.time_zone))
 
+        if key in ledger.archived:
+            return self._reject(
+                Reason.MONTH_ARCHIVED,
+                "the patient-month was closed and archived after its timely-filing window",
+                eid,
+            )
         problem = self._hygiene(practice, start, end, recorded)
         if problem is not None:
             reason, message = problem
@@ -595,6 +610,35 @@ class TallyEngine:
             if not tally.closed:
                 outputs += self._issue(ledger.patient_id, tally, as_of, "replay")
         return outputs
+
+    def retention_deadline(self, tally: MonthTally) -> datetime:
+        """When a closed month may be archived: the close deadline of the month
+        ``timely_filing_months`` later. By then no log of the month can be filed in time, so
+        nothing can change its record any more."""
+        practice = self.config.practice(tally.practice_id) or self.config.default_practice
+        year, month = parse_month(tally.service_month)
+        later = add_months(date(year, month, 1), practice.timely_filing_months)
+        return close_deadline(
+            f"{later.year:04d}-{later.month:02d}", tally.time_zone, practice.close_grace_days
+        )
+
+    def prune(self, ledger: PatientLedger, as_of: datetime) -> int:
+        """Archive the closed months whose retention deadline has passed: the month's logs,
+        intervals and the voids of its logs are dropped, and a marker (the month and its last
+        revision) is kept so that a log for it is rejected (``month_archived``) instead of
+        opening the month again. Returns the number of months archived."""
+        archived = 0
+        for key, tally in list(ledger.months.items()):
+            if not tally.closed or self.retention_deadline(tally) > as_of:
+                continue
+            logs = tally.logs
+            for void_id, void in list(ledger.voids.items()):
+                if void.voided_event_id in logs:
+                    del ledger.voids[void_id]
+            ledger.archived[key] = tally.revision
+            del ledger.months[key]
+            archived += 1
+        return archived
 
     def _reissue(self, patient_id: str, tally: MonthTally, at: datetime) -> list[Output]:
         """A closed month that changed is re-issued as a new revision."""

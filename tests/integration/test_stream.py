@@ -439,3 +439,65 @@ def test_tally_lookup_is_answered_by_any_worker(kafka_bootstrap: str, tmp_path: 
     # both workers own some of these patients, so each answered some look-ups by forwarding
     homes = {partition_of(p, stack.partitions) for p in patients}
     assert all(o and homes & set(o["partitions"]) for o in owned), (homes, owned)
+
+
+def test_timer_archives_months_past_their_filing_window(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The timer closes March 2024 and, its 12-month filing window long over, archives it: the
+    logs leave the table and its changelog, a marker stays. A log for that month is then
+    dead-lettered (``month_archived``), also by a fresh worker that recovered the marker."""
+
+    def log(event_id: str, day: int, minutes: int) -> tuple[bytes, bytes]:
+        value = {
+            "event_type": "time_logged",
+            "event_id": event_id,
+            "patient_id": "pat-old",
+            "practice_id": "prac-1",
+            "payer": "cms",
+            "staff_id": "rn-1",
+            "role": "rn",
+            "licensed": True,
+            "activity": "care_plan",
+            "minutes": minutes,
+            "start": f"2024-03-{day:02d}T10:00:00-04:00",
+            "recorded_at": "2024-03-29T12:00:00-04:00",
+        }
+        return b"pat-old", json.dumps(value).encode()
+
+    def dlq_reasons() -> list[str]:
+        return [d["data"]["reason"] for d in collect(stack)["dlq"]]
+
+    stack = Stack(kafka_bootstrap, partitions=2, close_tick_seconds=1.0)
+    stack.create_topics()
+    first = WorkerProcess(stack, tmp_path, "first").start()
+    try:
+        produce(stack, [log("o-1", 10, 45), log("o-2", 11, 20)])
+        deadline = time.monotonic() + 60
+        archived = None
+        while archived != 1.0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            archived = first.metric("ccm_patient_months", state="archived")
+        produce(stack, [log("o-late", 12, 30)])
+        wait_processed(stack)
+        reasons_first = dlq_reasons()
+    finally:
+        first.stop()
+    second = WorkerProcess(stack, tmp_path, "second").start()
+    try:
+        produce(stack, [log("o-later", 13, 30)])
+        wait_processed(stack)
+        stream = collect(stack)
+    finally:
+        second.stop()
+    assert archived == 1.0
+    [record] = [r["data"] for r in stream["billing_record"]]
+    assert (record["service_month"], record["revision"], record["close_trigger"]) == (
+        "2024-03",
+        0,
+        "timer",
+    )
+    assert record["lines"] == [{"code": "99487", "units": 1}]
+    assert reasons_first == ["month_archived"]
+    assert [d["data"]["reason"] for d in stream["dlq"]] == ["month_archived"] * 2
+    assert first.errors() == [] and second.errors() == []

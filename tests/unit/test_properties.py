@@ -282,3 +282,23 @@ def test_property_codec_round_trip_preserves_behaviour(
         return [json.dumps(json.loads(o.to_json()), sort_keys=True) for o in out]
 
     assert go_on(copy) == go_on(ledger)
+
+
+@FAST
+@given(data=st.data(), events=month_inputs())
+def test_property_an_archived_month_never_changes_again(
+    data: st.DataObject, events: list[dict[str, Any]]
+) -> None:
+    """Retention: once a closed month is archived, no input (a redelivery or any other log of
+    the month) can publish a threshold or a new revision of its record."""
+    harness = Harness()
+    harness.feed(*events)
+    harness.close()
+    ledger = harness.local.ledgers[PATIENT]
+    assert harness.engine.prune(ledger, CLOSE_AT + timedelta(days=366)) == 1
+    again = data.draw(st.lists(st.sampled_from(events), min_size=1, max_size=len(events)))
+    fresh = data.draw(log_events(events[0]["payer"], max_logs=3))
+    for event in [*again, *[{**e, "event_id": "new-" + e["event_id"]} for e in fresh]]:
+        outputs = harness.feed_one(event).outputs
+        assert all(o.kind == "rejected" for o in outputs), event
+    assert not ledger.months

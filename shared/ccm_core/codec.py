@@ -7,8 +7,9 @@ refuses a layout it does not know rather than guessing.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from .contracts import Activity, Role, VoidReason
 from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry, shared
@@ -135,8 +136,8 @@ def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
 
 
 def dumps(ledger: PatientLedger) -> bytes:
-    return json.dumps(ledger_to_dict(ledger), separators=(",", ":")).encode()
+    return orjson.dumps(ledger_to_dict(ledger))
 
 
 def loads(raw: bytes) -> PatientLedger:
-    return ledger_from_dict(json.loads(raw))
+    return ledger_from_dict(orjson.loads(raw))

@@ -131,7 +131,8 @@ def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
         v[0]: VoidEntry(v[0], v[1], v[2], v[3], VoidReason(v[4]), v[5]) for v in data["vo"]
     }
     ledger.pending = dict(data["pe"])
-    ledger.archived = {(a[0], a[1]): a[2] for a in data.get("ar", ())}
+    if data.get("ar"):
+        ledger.archived = {(a[0], a[1]): a[2] for a in data["ar"]}
     return ledger
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -74,7 +75,7 @@ class WebServer:
             return web.json_response(body, status=503)
         try:
             async with self.session.get(
-                f"{owner}/tally/{patient_id}", headers={FORWARDED: worker.url}
+                f"{owner}/tally/{quote(patient_id, safe='')}", headers={FORWARDED: worker.url}
             ) as answer:
                 return web.Response(
                     body=await answer.read(),

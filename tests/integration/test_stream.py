@@ -30,6 +30,8 @@ from tests.integration.harness import (
     send_close,
     wait_processed,
 )
+from tests.unit.unit_helpers import encode, local
+from tests.unit.unit_helpers import log as time_log
 
 pytestmark = pytest.mark.integration
 
@@ -242,22 +244,8 @@ def test_malformed_event_goes_to_dlq_and_does_not_block_patient(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     def log(i: int, day: int) -> bytes:
-        return json.dumps(
-            {
-                "event_type": "time_logged",
-                "event_id": f"m-{i}",
-                "patient_id": "pat-dlq",
-                "practice_id": "prac-1",
-                "payer": "cms",
-                "staff_id": "rn-1",
-                "role": "rn",
-                "licensed": True,
-                "activity": "care_plan",
-                "minutes": 30,
-                "start": f"2026-03-{day:02d}T10:00:00-04:00",
-                "recorded_at": "2026-03-31T12:00:00-04:00",
-            }
-        ).encode()
+        event = time_log(f"m-{i}", local(day), 30, patient_id="pat-dlq", recorded_at=local(31, 12))
+        return encode(event)
 
     bad = [b'{"event_type": "time_logged", "patient_id": "pat-dlq", oops', b"\xff\xfe"]
     events = [
@@ -299,22 +287,10 @@ def test_timer_closes_due_months_and_late_log_reissues_record(
     itself; a late log for the closed month then re-issues the record as revision 1."""
 
     def log(event_id: str, day: int, minutes: int) -> bytes:
-        return json.dumps(
-            {
-                "event_type": "time_logged",
-                "event_id": event_id,
-                "patient_id": "pat-timer",
-                "practice_id": "prac-1",
-                "payer": "cms",
-                "staff_id": "rn-1",
-                "role": "rn",
-                "licensed": True,
-                "activity": "care_plan",
-                "minutes": minutes,
-                "start": f"2026-03-{day:02d}T10:00:00-04:00",
-                "recorded_at": "2026-04-20T12:00:00-04:00",
-            }
-        ).encode()
+        recorded = local(20, 12, month=4)
+        return encode(
+            time_log(event_id, local(day), minutes, patient_id="pat-timer", recorded_at=recorded)
+        )
 
     stack = Stack(kafka_bootstrap, partitions=2, close_tick_seconds=1.0)
     stack.create_topics()
@@ -393,21 +369,10 @@ def test_tally_lookup_is_answered_by_any_worker(kafka_bootstrap: str, tmp_path: 
     not own the patient's partition forwards the look-up to the one that does."""
 
     def log(patient: str, minutes: int) -> tuple[bytes, bytes]:
-        value = {
-            "event_type": "time_logged",
-            "event_id": f"{patient}-1",
-            "patient_id": patient,
-            "practice_id": "prac-1",
-            "payer": "cms",
-            "staff_id": "rn-1",
-            "role": "rn",
-            "licensed": True,
-            "activity": "care_plan",
-            "minutes": minutes,
-            "start": "2026-03-10T10:00:00-04:00",
-            "recorded_at": "2026-03-10T12:00:00-04:00",
-        }
-        return patient.encode(), json.dumps(value).encode()
+        event = time_log(
+            f"{patient}-1", local(10), minutes, patient_id=patient, recorded_at=local(10, 12)
+        )
+        return patient.encode(), encode(event)
 
     patients = {f"pat-route-{i}": 55 + i for i in range(8)}
     stack = Stack(kafka_bootstrap, partitions=4)
@@ -449,21 +414,9 @@ def test_timer_archives_months_past_their_filing_window(
     dead-lettered (``month_archived``), also by a fresh worker that recovered the marker."""
 
     def log(event_id: str, day: int, minutes: int) -> tuple[bytes, bytes]:
-        value = {
-            "event_type": "time_logged",
-            "event_id": event_id,
-            "patient_id": "pat-old",
-            "practice_id": "prac-1",
-            "payer": "cms",
-            "staff_id": "rn-1",
-            "role": "rn",
-            "licensed": True,
-            "activity": "care_plan",
-            "minutes": minutes,
-            "start": f"2024-03-{day:02d}T10:00:00-04:00",
-            "recorded_at": "2024-03-29T12:00:00-04:00",
-        }
-        return b"pat-old", json.dumps(value).encode()
+        start, recorded = local(day, year=2024), local(29, 12, year=2024)
+        event = time_log(event_id, start, minutes, patient_id="pat-old", recorded_at=recorded)
+        return b"pat-old", encode(event)
 
     def dlq_reasons() -> list[str]:
         return [d["data"]["reason"] for d in collect(stack)["dlq"]]

@@ -182,8 +182,7 @@ class TallyWorker:
             loop.add_signal_handler(sig, self.stop)
         timers = [
             asyncio.create_task(self._every(s.close_tick_seconds, self._close_tick)),
-            asyncio.create_task(self._every(5.0, self._state_metrics)),
-            asyncio.create_task(self._every(5.0, self._watchdog)),
+            asyncio.create_task(self._every(5.0, self._monitor)),
         ]
         self.start_loop_watchdog()
         log.info("worker_started", web=self.url, group=s.app_id, inputs=list(self.inputs))
@@ -578,7 +577,16 @@ class TallyWorker:
 
     # ------------------------------------------------------------------ state metrics
 
-    async def _state_metrics(self) -> None:
+    async def _monitor(self) -> None:
+        """Every 5 s: state gauges, consumer lag and the stall watchdog, all from one query of
+        the owned input partitions' end offsets."""
+        ends = await self._end_offsets()
+        try:
+            self._state_metrics(ends)
+        finally:  # a failing gauge must not starve the watchdog (the loop watchdog checks it)
+            self._watchdog(ends)
+
+    def _state_metrics(self, ends: dict[TopicPartition, int] | None) -> None:
         open_, closed, archived, patients = 0, 0, 0, 0
         for ledgers in list(self.ledgers.values()):
             for ledger in list(ledgers.values()):
@@ -594,7 +602,8 @@ class TallyWorker:
         PATIENT_MONTHS.labels("closed").set(closed)
         PATIENT_MONTHS.labels("archived").set(archived)
         ASSIGNED_PARTITIONS.set(len(self.owned))
-        await self._consumer_lag()
+        if ends:
+            self._consumer_lag(ends)
 
     async def _end_offsets(self) -> dict[TopicPartition, int] | None:
         """End offsets of the owned input partitions (None: the broker did not answer)."""
@@ -607,10 +616,7 @@ class TallyWorker:
             return None
         return dict(ends)
 
-    async def _consumer_lag(self) -> None:
-        ends = await self._end_offsets()
-        if not ends:
-            return
+    def _consumer_lag(self, ends: dict[TopicPartition, int]) -> None:
         timelog = self.settings.topics.timelog
         owned = set()
         for tp, end in ends.items():
@@ -625,7 +631,7 @@ class TallyWorker:
 
     # ------------------------------------------------------------------ watchdogs
 
-    async def _watchdog(self) -> None:
+    def _watchdog(self, ends: dict[TopicPartition, int] | None) -> None:
         """Fail-stop when a batch or the stream stops moving while input waits: log every
         task's stack and exit 75 (EX_TEMPFAIL) for the supervisor (Kubernetes, compose
         ``restart``, the test and demo runner) to start a fresh worker, which resumes from
@@ -638,7 +644,6 @@ class TallyWorker:
             return
         if limit <= 0:
             return
-        ends = await self._end_offsets()
         if ends is None:
             waiting = 1  # the broker does not answer us: count it as input waiting
         else:

@@ -105,11 +105,6 @@ class TallyWorker:
         t = settings.topics
         self.inputs = (t.timelog, t.month_close)
         self.changelog = changelog_topic_name(settings)
-        self.out_topics = {
-            "threshold": t.threshold,
-            "billing_record": t.billing_record,
-            "rejected": t.dlq,
-        }
         self.url = advertised_url(settings)
         self.assignor: type[RoutingAssignor] = routing_assignor(self.url, t.timelog)
         # state: the ledgers of each owned input partition, and the next offset to process
@@ -317,7 +312,7 @@ class TallyWorker:
         acknowledged (before the ledgers are written: an output is never lost behind state)."""
         messages = []
         for partition, out in outputs:
-            topic = self.out_topics[out.kind]
+            topic = self.settings.topics.output_topic(out.kind)
             messages.append((topic, partition, out.key.encode(), out.to_json().encode()))
             self._count_output(out)
         await self._send_all(messages)

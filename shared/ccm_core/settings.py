@@ -21,6 +21,19 @@ class Topics(BaseSettings):
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
 
+    def output_topic(self, kind: str) -> str:
+        """The topic of an output of ``kind`` (``ccm_core.tally.Output.kind``).
+
+        The one place that maps outputs to topics: a new output kind gets a topic field here
+        and an entry below, and every worker publishes it without further wiring.
+        """
+        topics = {
+            "threshold": self.threshold,
+            "billing_record": self.billing_record,
+            "rejected": self.dlq,
+        }
+        return topics[kind]
+
     @classmethod
     def prefixed(cls, prefix: str, timelog: str | None = None) -> Topics:
         """A private set of topic names (``<prefix>.timelog`` …) for tests and benchmarks."""

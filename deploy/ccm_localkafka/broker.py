@@ -458,6 +458,7 @@ class LocalKafka:
         self.startup_seconds: float | None = None
         """Wall time of :meth:`start` (jar check, storage format, JVM start, first answer)."""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped_with_data = False  # stop(keep_data=True): start() brings it back
 
     # -- public properties ----------------------------------------------------------------
 
@@ -493,7 +494,13 @@ class LocalKafka:
         self.stop()
 
     def start(self) -> LocalKafka:
-        """Start the broker and block until it answers; raise :class:`KafkaLauncherError`."""
+        """Start the broker and block until it answers; raise :class:`KafkaLauncherError`.
+
+        After ``stop(keep_data=True)`` this starts the *same* broker again: same ports, same
+        cluster id, same data (topics, records, committed offsets), as a restarted server.
+        Call it from a thread that outlives the broker (the main thread): the JVM is asked to
+        stop when the thread that started it ends.
+        """
         if self._proc is not None:
             raise KafkaLauncherError("LocalKafka already started")
         t0 = time.monotonic()
@@ -504,6 +511,10 @@ class LocalKafka:
             )
         lib_dir = ensure_jars(self._lib_dir_arg)
         classpath = str(lib_dir / "*")
+        if self._stopped_with_data:
+            self._restart_once(java, classpath)
+            self.startup_seconds = time.monotonic() - t0
+            return self
         _sweep_stale_work_dirs()
 
         attempts = 3  # a free port can be taken by someone else between probe and bind
@@ -577,8 +588,38 @@ class LocalKafka:
                 f"kafka.tools.StorageTool format failed (exit {fmt.returncode}):\n" + _tail(fmt_log)
             )
 
+        self._launch(java, classpath)
+        self._wait_until_ready(deadline)
+
+    def _restart_once(self, java: str, classpath: str) -> None:
+        """Start the JVM again on the kept directory (already formatted), ports and cluster."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        self._launch(java, classpath)
+        try:
+            self._wait_until_ready(deadline)
+        except _PortClashError as exc:  # clients know the old port: it cannot change now
+            self._kill()
+            raise KafkaLauncherError(
+                f"broker could not bind its ports again on restart: {exc}"
+            ) from None
+        except BaseException:
+            self._kill()
+            raise
+        self._stopped_with_data = False
+        atexit.register(self.stop)
+
+    def _launch(self, java: str, classpath: str) -> None:
+        assert self.work_dir is not None
+        work = self.work_dir
+        logs_dir = work / "logs"
+        props_file = work / "server.properties"
+        common_jvm = [
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{work / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={logs_dir}",
+        ]
         stdout_log = logs_dir / "stdout.log"
-        with stdout_log.open("wb") as out:
+        with stdout_log.open("ab") as out:
             self._proc = subprocess.Popen(
                 [
                     java,
@@ -601,7 +642,6 @@ class LocalKafka:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the JVM
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
             )
-        self._wait_until_ready(deadline)
 
     def _server_properties(self, data_dir: Path) -> str:
         bp, cp = self.broker_port, self.controller_port
@@ -698,23 +738,44 @@ class LocalKafka:
         finally:
             await admin.close()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 30.0, *, kill: bool = False, keep_data: bool = False) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``) and remove its directory.
 
+        ``kill``: SIGKILL at once, as a crashed server (no controlled shutdown, no flush).
+        ``keep_data``: keep the directory, ports and cluster id, so that :meth:`start` brings
+        the same broker back with its data (:meth:`restart`); the directory is still removed
+        at interpreter exit or by a later plain ``stop()``.
         Safe to call more than once, and after a failed :meth:`start`.
         """
         atexit.unregister(self.stop)
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            if kill:
                 self._kill()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self._kill()
         self._proc = None
+        if keep_data and self.work_dir is not None:
+            self._stopped_with_data = True
+            atexit.register(self.stop)  # removes the kept directory if never started again
+            return
+        self._stopped_with_data = False
         if not self.keep_dir:
             self._remove_work_dir()
+
+    def restart(self, down_s: float = 0.0, *, kill: bool = False) -> float:
+        """Stop the broker (``kill``: SIGKILL, else SIGTERM), stay down ``down_s`` seconds,
+        start it again on the same ports with the same data; the seconds the start took."""
+        self.stop(kill=kill, keep_data=True)
+        time.sleep(down_s)
+        self.start()
+        assert self.startup_seconds is not None
+        return self.startup_seconds
 
     def _kill(self) -> None:
         proc = self._proc

@@ -162,3 +162,73 @@ def test_compacted_topic_and_no_auto_create(kafka_bootstrap: str) -> None:
         (missing, UnknownTopicOrPartitionError.errno)
     ]
     assert missing not in topics
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_restart_keeps_ports_topics_records_and_offsets(kill: bool) -> None:
+    """``LocalKafka.restart``: the same broker comes back on the same address with its topics,
+    records and committed offsets, after a clean stop (SIGTERM) and after a crash (SIGKILL);
+    the reliability suite's broker outages rely on it."""
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    from ccm_localkafka import LocalKafka
+
+    topic, group = _unique("restart"), f"g-{uuid.uuid4().hex[:8]}"
+    tp = TopicPartition(topic, 0)
+
+    async def produce_and_commit(bootstrap: str) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(5):
+                await producer.send_and_wait(topic, value=f"r{i}".encode(), key=b"k")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.commit({tp: OffsetAndMetadata(3, "")})
+        finally:
+            await consumer.stop()
+
+    async def committed_offset(bootstrap: str) -> int:
+        """The group's committed offset, once the restarted coordinator has loaded it."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    offsets = await admin.list_consumer_group_offsets(group)
+                    if tp in offsets:
+                        return int(offsets[tp].offset)
+                    await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+    with LocalKafka() as kafka:
+        bootstrap = kafka.bootstrap_servers
+        assert kafka.work_dir is not None
+        work_dir = kafka.work_dir
+        _create_topics(bootstrap, {topic: 1})
+        asyncio.run(produce_and_commit(bootstrap))
+        old_pid = kafka.pid
+
+        kafka.stop(kill=kill, keep_data=True)
+        assert not kafka.is_running()
+        assert work_dir.is_dir(), "keep_data keeps the data directory"
+        kafka.start()
+
+        assert kafka.is_running() and kafka.pid != old_pid
+        assert kafka.bootstrap_servers == bootstrap, "same address after the restart"
+        assert _create_topics(bootstrap, {topic: 1}) == [], "the topic survived"
+        values = [r.value for r in asyncio.run(_consume(bootstrap, topic, 5, timeout_s=60))]
+        assert values == [f"r{i}".encode() for i in range(5)]
+        assert asyncio.run(committed_offset(bootstrap)) == 3
+
+        assert kafka.restart(down_s=0.5, kill=kill) > 0
+        assert kafka.bootstrap_servers == bootstrap
+        assert asyncio.run(committed_offset(bootstrap)) == 3
+    assert not work_dir.exists(), "a plain stop still removes the directory"

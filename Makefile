@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-integration lint typecheck check schemas bench-smoke clean
+.PHONY: setup demo test test-unit test-integration test-reliability lint typecheck check schemas bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -29,6 +29,11 @@ test-unit: $(STAMP)
 
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration
+
+# The reliability suite (docs/reliability.md): kill -9, pause, broker restarts, producer
+# partitioners, rolling scaling, each compared with replay. CCM_RELIABILITY_SIZE=smoke for CI.
+test-reliability: setup
+	$(BIN)/python -m pytest tests/reliability -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,262 @@
+"""Broker-side tools of the reliability suite: steady input, offsets, mixed producers.
+
+Engine-agnostic: they only touch the topics and the worker group's committed offsets (the
+same group id the worker commits under, ``Settings.app_id``), never the worker's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
+
+from ccm_core.settings import Settings
+
+Offsets = dict[TopicPartition, int]
+
+
+def input_partitions(settings: Settings) -> list[TopicPartition]:
+    topics = (settings.topics.timelog, settings.topics.month_close)
+    return [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+
+
+async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
+    """(end offsets, committed offsets of the worker group) of every input partition."""
+    tps = input_partitions(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
+    )
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
+    )
+    await consumer.start()
+    try:
+        await admin.start()
+        try:
+            ends = await consumer.end_offsets(tps)
+            group = await admin.list_consumer_group_offsets(settings.app_id)
+        finally:
+            await admin.close()
+    finally:
+        await consumer.stop()
+    committed = {}
+    for tp in tps:
+        meta = group.get(tp)
+        committed[tp] = meta.offset if meta is not None and meta.offset >= 0 else 0
+    return dict(ends), committed
+
+
+def end_offsets(settings: Settings) -> Offsets:
+    return asyncio.run(_positions(settings))[0]
+
+
+def committed_lag(settings: Settings, target: Offsets | None = None) -> int:
+    """Input messages below ``target`` (default: the current ends) not committed yet."""
+    ends, committed = asyncio.run(_positions(settings))
+    goal = target or ends
+    return sum(max(0, goal[tp] - committed.get(tp, 0)) for tp in goal)
+
+
+def seconds_until_committed(
+    settings: Settings, target: Offsets, since: float, timeout: float
+) -> float | None:
+    """Poll until the group has committed every input up to ``target``; the seconds from the
+    monotonic time ``since``, or None if it did not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if committed_lag(settings, target) == 0:
+                return time.monotonic() - since
+        except Exception:  # broker briefly unreachable, group coordinator moving: poll again
+            pass
+        time.sleep(0.25)
+    return None
+
+
+def wait_all_committed(settings: Settings, timeout: float) -> int:
+    """Wait (bounded) until every input is committed; the inputs still unprocessed (0 = ok)."""
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        try:
+            lag = committed_lag(settings)
+        except Exception:
+            lag = -1
+        if lag == 0:
+            return 0
+        time.sleep(0.5)
+    return committed_lag(settings)
+
+
+class Feeder(threading.Thread):
+    """Steady input: produces ``events`` (key, value) in order, ``chunk`` at a time, at about
+    ``rate`` events per second, with the default (murmur2) partitioner, as the EHR does.
+
+    ``hold`` pauses it between chunks (e.g. while the broker is down); :attr:`sent` counts the
+    acknowledged events; :attr:`error` holds what stopped it, if anything did."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        events: Sequence[tuple[bytes, bytes]],
+        rate: float,
+        chunk: int = 50,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(daemon=True, name="feeder")
+        self.bootstrap, self.topic, self.events = bootstrap, topic, events
+        self.rate, self.chunk, self.on_chunk = rate, chunk, on_chunk
+        self.sent = 0
+        self.error: BaseException | None = None
+        self.hold = threading.Event()
+        self.holding = threading.Event()  # set while held, its producer closed
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self.error = exc
+
+    def _producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+
+    async def _run(self) -> None:
+        producer = self._producer()
+        await producer.start()
+        try:
+            started = time.monotonic()
+            for i in range(0, len(self.events), self.chunk):
+                if self.hold.is_set():  # e.g. the broker goes down: a new producer after it
+                    held = time.monotonic()
+                    await producer.stop()
+                    self.holding.set()
+                    while self.hold.is_set():
+                        await asyncio.sleep(0.05)
+                    self.holding.clear()
+                    started += time.monotonic() - held
+                    producer = self._producer()
+                    await producer.start()
+                part = self.events[i : i + self.chunk]
+                futures = [await producer.send(self.topic, v, key=k) for k, v in part]
+                await asyncio.gather(*futures)
+                self.sent += len(part)
+                if self.on_chunk is not None:
+                    self.on_chunk(self.sent)
+                ahead = started + self.sent / self.rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            await producer.stop()
+
+
+# ---------------------------------------------------------------- mixed producer partitioners
+
+Partitioner = Literal["murmur2", "librdkafka", "random", "explicit"]
+PARTITIONERS: tuple[Partitioner, ...] = ("murmur2", "librdkafka", "random", "explicit")
+
+
+def home_partition(key: bytes, partitions: int) -> int:
+    """Where Kafka's default partitioner (Java clients, aiokafka) puts ``key``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class MixedProducers:
+    """Producers of one topic with different partitioners, as different EHR interfaces:
+
+    - ``murmur2``: aiokafka with its default partitioner (as Java clients);
+    - ``librdkafka``: a real librdkafka client (``confluent_kafka.Producer``) with its default
+      partitioner, ``consistent_random`` (CRC32 of the key);
+    - ``random``: a random partition per message;
+    - ``explicit``: the partition the sender chose (here: fixed per practice, as an interface
+      engine that pins one site to one partition).
+
+    :meth:`send` produces a list of (partitioner, key, value) and returns each message's
+    partition as the broker acknowledged it."""
+
+    bootstrap: str
+    topic: str
+    partitions: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        import confluent_kafka  # test dependency (pyproject [dev])
+
+        self._rng = random.Random(self.seed)
+        self._rdkafka = confluent_kafka.Producer(
+            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
+
+    def close(self) -> None:
+        self._rdkafka.flush(30)
+
+    def explicit_partition(self, value: bytes) -> int:
+        practice = _practice_of(value)
+        return home_partition(b"site:" + practice.encode(), self.partitions)
+
+    def send(self, batch: Sequence[tuple[Partitioner, bytes, bytes]]) -> list[int]:
+        placed: list[int] = [-1] * len(batch)
+        errors: list[str] = []
+
+        def report(index: int) -> Callable[[Any, Any], None]:
+            def delivered(err: Any, msg: Any) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                else:
+                    placed[index] = int(msg.partition())
+
+            return delivered
+
+        aio: list[tuple[int, bytes, bytes, int | None]] = []
+        for i, (how, key, value) in enumerate(batch):
+            if how == "librdkafka":
+                self._rdkafka.produce(self.topic, value, key, on_delivery=report(i))
+            elif how == "murmur2":
+                aio.append((i, key, value, None))
+            elif how == "random":
+                aio.append((i, key, value, self._rng.randrange(self.partitions)))
+            else:
+                aio.append((i, key, value, self.explicit_partition(value)))
+        for i, partition in asyncio.run(self._send_aio(aio)):
+            placed[i] = partition
+        remaining = self._rdkafka.flush(60)
+        if errors or remaining or -1 in placed:
+            raise RuntimeError(f"produce failed: {errors[:3]}, {remaining} not delivered")
+        return placed
+
+    async def _send_aio(
+        self, items: Sequence[tuple[int, bytes, bytes, int | None]]
+    ) -> list[tuple[int, int]]:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        try:
+            futures = [
+                (i, await producer.send(self.topic, v, key=k, partition=p)) for i, k, v, p in items
+            ]
+            return [(i, (await f).partition) for i, f in futures]
+        finally:
+            await producer.stop()
+
+
+def _practice_of(value: bytes) -> str:
+    """The practice id of a payload (malformed ones may have none: a fixed fallback)."""
+    import json
+
+    try:
+        practice = json.loads(value).get("practice_id")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return "unknown"
+    return practice if isinstance(practice, str) else "unknown"

@@ -1,0 +1,468 @@
+"""The reliability suite: real worker processes and a real broker, under kill -9, pause,
+broker restarts, any producer partitioner and rolling scaling, compared with replay.
+
+Each scenario feeds simulated months of time logs, does its damage while they flow, closes
+every month, reads every output topic with ``read_committed`` and compares with the oracle
+(``tests/reliability/oracle.py``: ``ccm-tally replay`` on the same inputs). The figures are
+printed at the end of the session; every data figure must be 0.
+
+Engine-agnostic: only :class:`WorkerProcess` (spawn, SIGKILL, SIGSTOP/SIGCONT, SIGTERM), the
+topics, the group's committed offsets, ``/readyz``, ``/tally`` and ``/metrics`` are used.
+Sizes: ``CCM_RELIABILITY_SIZE=smoke|full`` (``conftest.py``). ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccm_core.contracts import MonthCloseCommand
+from ccm_simulator.generator import SimulationSpec, generate
+from tests.integration.harness import Stack, WorkerProcess, collect, send_close
+from tests.reliability.chaos import (
+    PARTITIONERS,
+    Feeder,
+    MixedProducers,
+    Partitioner,
+    committed_lag,
+    end_offsets,
+    home_partition,
+    seconds_until_committed,
+    wait_all_committed,
+)
+from tests.reliability.conftest import Size
+from tests.reliability.oracle import Expected, Figures, compare, replay, rounds, tally_view
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
+
+RECOVERY_TIMEOUT = 240.0  # seconds a recovery may take before it counts as not recovered
+DRAIN_TIMEOUT = 300.0  # seconds for the group to commit every input at the end
+
+
+def simulation(patients: int, months: int, seed: int) -> SimulationSpec:
+    return SimulationSpec(
+        patients=patients,
+        staff=max(6, patients // 25),
+        start_month="2026-03",
+        months=months,
+        seed=seed,
+        duplicates=0.05,
+        voids=0.05,
+        late=0.05,
+        malformed=0.02,
+    )
+
+
+def simulated(patients: int, months: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """Simulated EHR input (duplicates, voids, late and malformed events), in arrival order."""
+    return [(e.key.encode(), e.value) for e in generate(simulation(patients, months, seed))]
+
+
+def arrivals(patients: int, months: int, seed: int) -> list[int]:
+    """Arrival time (epoch seconds) of each event of :func:`simulated` with the same args."""
+    return [e.at for e in generate(simulation(patients, months, seed))]
+
+
+def close_due(as_of: datetime, command_id: str) -> MonthCloseCommand:
+    return MonthCloseCommand.model_validate(
+        {
+            "command_type": "month_close",
+            "command_id": command_id,
+            "mode": "due",
+            "as_of": as_of.isoformat(),
+        }
+    )
+
+
+FINAL_CLOSE = close_due(datetime(2026, 9, 1, tzinfo=UTC), "reliability-final-close")
+"""Closes every simulated month (March and April 2026; the last late logs arrive in June)."""
+
+
+def alive(w: WorkerProcess | None) -> bool:
+    return w is not None and w.proc is not None and w.proc.poll() is None
+
+
+def metric_sum(text: str, name: str) -> float | None:
+    """Sum of every sample of ``name`` (any labels) in an exposition; None when absent."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(values) if values else None
+
+
+def events_seen(w: WorkerProcess) -> float:
+    return metric_sum(w.metrics(), "ccm_events_total") or 0.0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()
+
+
+def tally_answers(
+    workers: Sequence[WorkerProcess], expected: Expected
+) -> dict[str, dict[str, Any] | None]:
+    """Every patient's ``/tally`` from every worker; a patient whose answers disagree between
+    workers keeps the first that differs from the replay (so it is counted)."""
+    answers: dict[str, dict[str, Any] | None] = {}
+    for pid in expected.summaries:
+        seen = [w.get(f"/tally/{pid}") for w in workers]
+        want = tally_view(expected.summaries[pid])
+        answers[pid] = next(
+            (a for a in seen if a is None or tally_view(a.get("months", [])) != want), seen[0]
+        )
+    return answers
+
+
+def finish(
+    stack: Stack,
+    figures: Figures,
+    inputs: Sequence[bytes],
+    tally_from: Sequence[WorkerProcess] = (),
+) -> Figures:
+    """Drain, close every month, read every output (read_committed), compare with replay."""
+    figures.unprocessed = wait_all_committed(stack.settings, DRAIN_TIMEOUT)
+    send_close(stack, FINAL_CLOSE.model_dump(mode="json"))
+    figures.unprocessed += wait_all_committed(stack.settings, DRAIN_TIMEOUT)
+    stream = collect(stack)
+    expected = replay(inputs, FINAL_CLOSE)
+    live = [w for w in tally_from if alive(w)]
+    if tally_from:
+        # a worker that just rejoined may still be recovering its share of the table
+        wait_for(lambda: all(w.ready() for w in live), 120, 0.5)
+    tally = tally_answers(live, expected) if live else None
+    return compare(figures, stream, expected, tally)
+
+
+def check(figures: Figures, workers: Sequence[WorkerProcess]) -> None:
+    bad = figures.failing()
+    logs = "\n".join(f"{w.log_path}" for w in workers)
+    assert not bad, f"{figures.line()}\nworker logs:\n{logs}"
+
+
+@contextmanager
+def cleanup(workers: list[WorkerProcess]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for w in workers:
+            if alive(w):
+                os.kill(w.pid, signal.SIGCONT)  # a paused worker must be able to stop
+                w.stop(timeout=20)
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def test_random_kill_9_under_steady_input(
+    kafka_bootstrap: str, tmp_path: Path, size: Size, record: Callable[[Figures], None]
+) -> None:
+    """``size.kills`` kill -9 at random moments while input flows, with one or two workers
+    alive (the survivor takes the partitions over: rebalances), one of them right after a
+    month-close command; each recovery is timed until every input present at the kill is
+    committed."""
+    rng = random.Random(20261201)
+    events = simulated(size.kill_patients, 2, seed=41)
+    at = arrivals(size.kill_patients, 2, seed=41)
+    # March closes due as of April 6 (month end + 5 days grace): sent when the input reaches it
+    mid_as_of = datetime(2026, 4, 6, 12, tzinfo=UTC)
+    close_index = next(i for i, t in enumerate(at) if t >= mid_as_of.timestamp())
+    stack = Stack(kafka_bootstrap, partitions=4)
+    stack.create_topics()
+    figures = Figures("kill -9", events_in=len(events))
+    workers: list[WorkerProcess] = []
+    slots: list[WorkerProcess | None] = [None, None]
+    spawned = 0
+
+    def spawn(slot: int) -> None:
+        nonlocal spawned
+        spawned += 1
+        w = WorkerProcess(stack, tmp_path, f"k{spawned}")
+        workers.append(w)
+        slots[slot] = w
+        w.spawn()
+
+    with cleanup(workers):
+        for slot in (0, 1):
+            spawn(slot)
+        for w in list(workers):
+            w.wait_ready()
+        planned = size.kills * 10.0  # seconds of input: about one kill and recovery each
+        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / planned)
+        feeder.start()
+        close_sent = False
+        timeouts = 0
+        one_alive_kills = 0
+        for _ in range(size.kills):
+            time.sleep(rng.uniform(0.5, 3.0))
+            if not close_sent and feeder.sent >= close_index:
+                send_close(stack, close_due(mid_as_of, "reliability-mid-close").model_dump())
+                close_sent = True
+                time.sleep(rng.uniform(0.0, 0.3))  # the kill lands while the close is handled
+            live = [i for i, w in enumerate(slots) if alive(w)]
+            victim = rng.choice(live)
+            target = end_offsets(stack.settings)
+            t0 = time.monotonic()
+            victim_worker = slots[victim]
+            assert victim_worker is not None
+            victim_worker.kill()
+            slots[victim] = None
+            if len(live) == 1:
+                one_alive_kills += 1
+            if len(live) == 2 and rng.random() < 0.5:
+                pass  # the other worker alone takes every partition over
+            else:
+                for i in (0, 1):
+                    if not alive(slots[i]):
+                        spawn(i)
+            took = seconds_until_committed(stack.settings, target, t0, RECOVERY_TIMEOUT)
+            if took is None:
+                timeouts += 1
+            else:
+                figures.recover_seconds.append(took)
+        for i in (0, 1):
+            if not alive(slots[i]):
+                spawn(i)
+        feeder.join()
+        if not close_sent:
+            send_close(stack, close_due(mid_as_of, "reliability-mid-close").model_dump())
+        figures.notes["kills with one worker alive"] = one_alive_kills
+        figures.notes["recoveries timed out"] = timeouts
+        figures.notes["input still flowing at the last kill"] = feeder.sent < len(events)
+        assert feeder.error is None, feeder.error
+        finish(stack, figures, [v for _, v in events], [w for w in slots if w is not None])
+    record(figures)
+    check(figures, workers)
+    assert timeouts == 0, f"{timeouts} recoveries took over {RECOVERY_TIMEOUT}s"
+
+
+def test_paused_worker_is_fenced(
+    kafka_bootstrap: str, tmp_path: Path, size: Size, record: Callable[[Figures], None]
+) -> None:
+    """SIGSTOP one of two workers while it works, past the session timeout; the other takes
+    its partitions over and drains them; then SIGCONT. No wrong record, and no stale ledger:
+    ``/tally`` of every patient, from both workers, equals the replay's ledger."""
+    events = simulated(size.pause_patients, 1, seed=43)
+    stack = Stack(kafka_bootstrap, partitions=4)
+    stack.create_topics()
+    settings = stack.settings
+    figures = Figures("pause (SIGSTOP/SIGCONT)", events_in=len(events))
+    workers: list[WorkerProcess] = []
+    with cleanup(workers):
+        a = WorkerProcess(stack, tmp_path, "a")
+        b = WorkerProcess(stack, tmp_path, "b")
+        workers += [a, b]
+        a.start()
+        b.start()
+        wait_for(lambda: len((a.get("/readyz") or {}).get("partitions", [])) == 2, 60, 0.2)
+        # a third of the input at once (a backlog in flight), the rest steadily
+        burst = len(events) // 3
+        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, rate=len(events) / 30)
+        feeder.chunk = burst
+        seen_before = events_seen(a)
+        feeder.start()
+        wait_for(lambda: events_seen(a) > seen_before, 60, 0.01)
+        feeder.chunk = 40
+        os.kill(a.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
+        target = end_offsets(settings)
+        took_over = wait_for(
+            lambda: len((b.get("/readyz") or {}).get("partitions", [])) == settings.partitions,
+            RECOVERY_TIMEOUT,
+            0.2,
+        )
+        drained = seconds_until_committed(settings, target, paused_at, RECOVERY_TIMEOUT)
+        # stay paused past twice the session timeout, and past the take-over
+        rest = 2 * settings.session_timeout_seconds - (time.monotonic() - paused_at)
+        time.sleep(max(0.0, rest))
+        paused_for = time.monotonic() - paused_at
+        os.kill(a.pid, signal.SIGCONT)
+        if drained is not None:
+            figures.recover_seconds.append(drained)
+        figures.notes["paused seconds"] = round(paused_for, 1)
+        figures.notes["other worker took every partition"] = took_over
+        feeder.join()
+        assert feeder.error is None, feeder.error
+        finish(stack, figures, [v for _, v in events], [a, b])
+    record(figures)
+    check(figures, workers)
+    assert took_over and drained is not None, "the other worker must take over and drain"
+
+
+def test_broker_restart_mid_stream(
+    tmp_path: Path, size: Size, record: Callable[[Figures], None]
+) -> None:
+    """The broker stops while input flows and comes back on the same address with its data:
+    once with SIGTERM (controlled shutdown), once with SIGKILL, each ``broker_down_seconds``
+    down. Workers must ride it out and resume; recovery is timed from the broker's return
+    until every input present at the stop is committed."""
+    from ccm_localkafka import LocalKafka
+
+    events = simulated(size.broker_patients, 1, seed=47)
+    kafka = LocalKafka()
+    kafka.start()
+    workers: list[WorkerProcess] = []
+    figures = Figures("broker restart", events_in=len(events))
+    try:
+        stack = Stack(kafka.bootstrap_servers, partitions=4)
+        stack.create_topics()
+        with cleanup(workers):
+            a = WorkerProcess(stack, tmp_path, "a")
+            b = WorkerProcess(stack, tmp_path, "b")
+            workers += [a, b]
+            a.start()
+            b.start()
+            feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / 40)
+            feeder.start()
+
+            def fed(n: float) -> Callable[[], bool]:
+                return lambda: feeder.sent >= n
+
+            lags = []
+            for (kill, down), share in zip(
+                ((False, size.broker_down_seconds[0]), (True, size.broker_down_seconds[1])),
+                (0.3, 0.6),
+                strict=True,
+            ):
+                wait_for(fed(share * len(events)), 120, 0.05)
+                feeder.hold.set()
+                wait_for(feeder.holding.is_set, 60, 0.01)
+                target = end_offsets(stack.settings)
+                lags.append(committed_lag(stack.settings, target))
+                kafka.stop(kill=kill, keep_data=True)
+                time.sleep(down)
+                kafka.start()
+                back = time.monotonic()
+                feeder.hold.clear()
+                took = seconds_until_committed(stack.settings, target, back, RECOVERY_TIMEOUT)
+                figures.recover_seconds.append(took if took is not None else float("inf"))
+            feeder.join()
+            assert feeder.error is None, feeder.error
+            figures.notes["down seconds (SIGTERM, SIGKILL)"] = list(size.broker_down_seconds)
+            figures.notes["uncommitted inputs at each stop"] = lags
+            figures.notes["worker restarts (stall exits)"] = sum(w.restarts for w in workers)
+            figures.notes["workers alive at the end"] = sum(alive(w) for w in workers)
+            finish(stack, figures, [v for _, v in events], [a, b])
+    finally:
+        kafka.stop()
+    record(figures)
+    check(figures, workers)
+    assert all(s != float("inf") for s in figures.recover_seconds), "no recovery"
+
+
+def test_mixed_producer_partitioners(
+    kafka_bootstrap: str, tmp_path: Path, size: Size, record: Callable[[Figures], None]
+) -> None:
+    """One topic fed by aiokafka (murmur2), a real librdkafka client (CRC32
+    ``consistent_random``), random partitions, explicit partitions, and per-event mixes of
+    them: the results must equal replay and ``/tally`` must answer for every patient.
+
+    Produced round by round (each patient's r-th event in round r, each round committed
+    before the next), so every patient's events keep their produced order whatever partition
+    they land on; replay applies them in that order."""
+    rng = random.Random(7)
+    events = simulated(size.partitioner_patients, 1, seed=53)
+    stack = Stack(kafka_bootstrap, partitions=4)
+    stack.create_topics()
+    figures = Figures("mixed partitioners", events_in=len(events))
+    groups: tuple[Partitioner | None, ...] = (*PARTITIONERS, None)  # None: a mix per event
+    patient_group = {key: rng.choice(groups) for key, _ in events}
+    workers: list[WorkerProcess] = []
+    producers = MixedProducers(stack.bootstrap, stack.topics.timelog, stack.partitions, seed=3)
+    misplaced = 0
+    used: dict[str, int] = dict.fromkeys(PARTITIONERS, 0)
+    order: list[bytes] = []
+    with cleanup(workers):
+        a = WorkerProcess(stack, tmp_path, "a")
+        b = WorkerProcess(stack, tmp_path, "b")
+        workers += [a, b]
+        a.start()
+        b.start()
+        unprocessed_rounds = 0
+        for indexes in rounds(events):
+            batch: list[tuple[Partitioner, bytes, bytes]] = []
+            for i in indexes:
+                key, value = events[i]
+                chosen = patient_group[key]
+                how = chosen if chosen is not None else rng.choice(PARTITIONERS)
+                used[how] += 1
+                batch.append((how, key, value))
+                order.append(value)
+            placed = producers.send(batch)
+            misplaced += sum(
+                1
+                for (_, key, _), p in zip(batch, placed, strict=True)
+                if p != home_partition(key, stack.partitions)
+            )
+            if wait_all_committed(stack.settings, 60) != 0:
+                unprocessed_rounds += 1
+        producers.close()
+        rerouted = [metric_sum(w.metrics(), "ccm_rerouted_records_total") for w in (a, b)]
+        figures.notes["sent per partitioner"] = used
+        figures.notes["inputs off their key's murmur2 partition"] = misplaced
+        figures.notes["ccm_rerouted_records_total"] = (
+            "absent" if all(r is None for r in rerouted) else sum(r or 0 for r in rerouted)
+        )
+        figures.notes["rounds not drained in 60 s"] = unprocessed_rounds
+        finish(stack, figures, order, [a, b])
+    record(figures)
+    check(figures, workers)
+    assert misplaced > 0, "the mix must put records off their key's murmur2 partition"
+
+
+def test_rolling_scale_up_and_down(
+    kafka_bootstrap: str, tmp_path: Path, size: Size, record: Callable[[Figures], None]
+) -> None:
+    """Workers join one by one and leave one by one (SIGTERM, oldest first, as a rolling
+    update) while input flows; each step is timed until every input present at the step is
+    committed."""
+    events = simulated(size.scale_patients, 1, seed=59)
+    stack = Stack(kafka_bootstrap, partitions=4)
+    stack.create_topics()
+    figures = Figures("rolling scale " + "->".join(map(str, (1, *size.scale_steps))))
+    figures.events_in = len(events)
+    workers: list[WorkerProcess] = []
+    running: list[WorkerProcess] = []
+    with cleanup(workers):
+        first = WorkerProcess(stack, tmp_path, "s0").start()
+        workers.append(first)
+        running.append(first)
+        planned = 12.0 * len(size.scale_steps) + 6
+        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / planned)
+        feeder.start()
+        time.sleep(3)
+        for step, count in enumerate(size.scale_steps, start=1):
+            target = end_offsets(stack.settings)
+            t0 = time.monotonic()
+            while len(running) < count:
+                w = WorkerProcess(stack, tmp_path, f"s{step}")
+                w.spawn()
+                workers.append(w)
+                running.append(w)
+            while len(running) > count:
+                running.pop(0).stop()
+            took = seconds_until_committed(stack.settings, target, t0, RECOVERY_TIMEOUT)
+            figures.recover_seconds.append(took if took is not None else float("inf"))
+            time.sleep(2)
+        figures.notes["input still flowing at the last step"] = feeder.is_alive()
+        feeder.join()
+        assert feeder.error is None, feeder.error
+        finish(stack, figures, [v for _, v in events], running)
+    record(figures)
+    check(figures, workers)
+    assert all(s != float("inf") for s in figures.recover_seconds), "a step never recovered"

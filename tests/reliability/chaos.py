@@ -65,13 +65,40 @@ def committed_lag(settings: Settings, target: Offsets | None = None) -> int:
     return sum(max(0, goal[tp] - committed.get(tp, 0)) for tp in goal)
 
 
+DEAD_GRACE = 20.0
+"""Seconds with no worker process alive after which waiting for progress stops (a supervisor
+restarting a worker leaves a gap of a moment, not of seconds)."""
+
+
+class _Hopeless:
+    """True once ``anyone_alive`` has answered False for :data:`DEAD_GRACE` seconds."""
+
+    def __init__(self, anyone_alive: Callable[[], bool] | None) -> None:
+        self.anyone_alive = anyone_alive
+        self.dead_since: float | None = None
+
+    def __call__(self) -> bool:
+        if self.anyone_alive is None or self.anyone_alive():
+            self.dead_since = None
+            return False
+        now = time.monotonic()
+        self.dead_since = self.dead_since or now
+        return now - self.dead_since > DEAD_GRACE
+
+
 def seconds_until_committed(
-    settings: Settings, target: Offsets, since: float, timeout: float
+    settings: Settings,
+    target: Offsets,
+    since: float,
+    timeout: float,
+    anyone_alive: Callable[[], bool] | None = None,
 ) -> float | None:
     """Poll until the group has committed every input up to ``target``; the seconds from the
-    monotonic time ``since``, or None if it did not within ``timeout``."""
+    monotonic time ``since``, or None if it did not within ``timeout`` (or every worker
+    process stayed dead for :data:`DEAD_GRACE` seconds)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    hopeless = _Hopeless(anyone_alive)
+    while time.monotonic() < deadline and not hopeless():
         try:
             if committed_lag(settings, target) == 0:
                 return time.monotonic() - since
@@ -81,17 +108,18 @@ def seconds_until_committed(
     return None
 
 
-def wait_all_committed(settings: Settings, timeout: float) -> int:
+def wait_all_committed(
+    settings: Settings, timeout: float, anyone_alive: Callable[[], bool] | None = None
+) -> int:
     """Wait (bounded) until every input is committed; the inputs still unprocessed (0 = ok)."""
     deadline = time.monotonic() + timeout
-    lag = -1
-    while time.monotonic() < deadline:
+    hopeless = _Hopeless(anyone_alive)
+    while time.monotonic() < deadline and not hopeless():
         try:
-            lag = committed_lag(settings)
+            if committed_lag(settings) == 0:
+                return 0
         except Exception:
-            lag = -1
-        if lag == 0:
-            return 0
+            pass
         time.sleep(0.5)
     return committed_lag(settings)
 

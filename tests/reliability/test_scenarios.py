@@ -136,9 +136,13 @@ def finish(
     tally_from: Sequence[WorkerProcess] = (),
 ) -> Figures:
     """Drain, close every month, read every output (read_committed), compare with replay."""
-    figures.unprocessed = wait_all_committed(stack.settings, DRAIN_TIMEOUT)
+
+    def anyone_alive() -> bool:
+        return any(alive(w) for w in tally_from)
+
+    figures.unprocessed = wait_all_committed(stack.settings, DRAIN_TIMEOUT, anyone_alive)
     send_close(stack, FINAL_CLOSE.model_dump(mode="json"))
-    figures.unprocessed += wait_all_committed(stack.settings, DRAIN_TIMEOUT)
+    figures.unprocessed += wait_all_committed(stack.settings, DRAIN_TIMEOUT, anyone_alive)
     stream = collect(stack)
     expected = replay(inputs, FINAL_CLOSE)
     live = [w for w in tally_from if alive(w)]
@@ -230,7 +234,9 @@ def test_random_kill_9_under_steady_input(
                 for i in (0, 1):
                     if not alive(slots[i]):
                         spawn(i)
-            took = seconds_until_committed(stack.settings, target, t0, RECOVERY_TIMEOUT)
+            took = seconds_until_committed(
+                stack.settings, target, t0, RECOVERY_TIMEOUT, lambda: any(map(alive, slots))
+            )
             if took is None:
                 timeouts += 1
             else:
@@ -286,7 +292,9 @@ def test_paused_worker_is_fenced(
             RECOVERY_TIMEOUT,
             0.2,
         )
-        drained = seconds_until_committed(settings, target, paused_at, RECOVERY_TIMEOUT)
+        drained = seconds_until_committed(
+            settings, target, paused_at, RECOVERY_TIMEOUT, lambda: alive(b)
+        )
         # stay paused past twice the session timeout, and past the take-over
         rest = 2 * settings.session_timeout_seconds - (time.monotonic() - paused_at)
         time.sleep(max(0.0, rest))
@@ -349,7 +357,9 @@ def test_broker_restart_mid_stream(
                 kafka.start()
                 back = time.monotonic()
                 feeder.hold.clear()
-                took = seconds_until_committed(stack.settings, target, back, RECOVERY_TIMEOUT)
+                took = seconds_until_committed(
+                    stack.settings, target, back, RECOVERY_TIMEOUT, lambda: any(map(alive, (a, b)))
+                )
                 figures.recover_seconds.append(took if took is not None else float("inf"))
             feeder.join()
             assert feeder.error is None, feeder.error
@@ -409,7 +419,7 @@ def test_mixed_producer_partitioners(
                 for (_, key, _), p in zip(batch, placed, strict=True)
                 if p != home_partition(key, stack.partitions)
             )
-            if wait_all_committed(stack.settings, 60) != 0:
+            if wait_all_committed(stack.settings, 60, lambda: alive(a) or alive(b)) != 0:
                 unprocessed_rounds += 1
         producers.close()
         rerouted = [metric_sum(w.metrics(), "ccm_rerouted_records_total") for w in (a, b)]
@@ -456,7 +466,9 @@ def test_rolling_scale_up_and_down(
                 running.append(w)
             while len(running) > count:
                 running.pop(0).stop()
-            took = seconds_until_committed(stack.settings, target, t0, RECOVERY_TIMEOUT)
+            took = seconds_until_committed(
+                stack.settings, target, t0, RECOVERY_TIMEOUT, lambda: any(map(alive, running))
+            )
             figures.recover_seconds.append(took if took is not None else float("inf"))
             time.sleep(2)
         figures.notes["input still flowing at the last step"] = feeder.is_alive()

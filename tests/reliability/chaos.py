@@ -54,6 +54,28 @@ async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
     return dict(ends), committed
 
 
+async def _group(settings: Settings) -> tuple[str, int]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
+    )
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([settings.app_id])
+    finally:
+        await admin.close()
+    [group] = response.to_object()["groups"]
+    return str(group["state"]), len(group["members"])
+
+
+def group_state(settings: Settings) -> tuple[str, int]:
+    """(state, number of members) of the worker group, as the broker's coordinator sees it:
+    ("Stable", 1) once a paused member has been expelled and the rest own every partition."""
+    try:
+        return asyncio.run(_group(settings))
+    except Exception:  # coordinator moving or unreachable: unknown for now
+        return ("Unknown", -1)
+
+
 def end_offsets(settings: Settings) -> Offsets:
     return asyncio.run(_positions(settings))[0]
 
@@ -126,10 +148,12 @@ def wait_all_committed(
 
 class Feeder(threading.Thread):
     """Steady input: produces ``events`` (key, value) in order, ``chunk`` at a time, at about
-    ``rate`` events per second, with the default (murmur2) partitioner, as the EHR does.
+    ``rate`` events per second, with the default (murmur2) partitioner, as the EHR does;
+    ``first`` events (if any) go out at once as a backlog before the steady part.
 
-    ``hold`` pauses it between chunks (e.g. while the broker is down); :attr:`sent` counts the
-    acknowledged events; :attr:`error` holds what stopped it, if anything did."""
+    Setting :attr:`hold` makes it stop after the chunk in flight, close its producer and set
+    :attr:`holding` (e.g. while the broker is down); clearing it resumes with a new producer.
+    :attr:`sent` counts acknowledged events; :attr:`error` holds what stopped it, if anything."""
 
     def __init__(
         self,
@@ -138,15 +162,15 @@ class Feeder(threading.Thread):
         events: Sequence[tuple[bytes, bytes]],
         rate: float,
         chunk: int = 50,
-        on_chunk: Callable[[int], None] | None = None,
+        first: int = 0,
     ) -> None:
         super().__init__(daemon=True, name="feeder")
         self.bootstrap, self.topic, self.events = bootstrap, topic, events
-        self.rate, self.chunk, self.on_chunk = rate, chunk, on_chunk
+        self.rate, self.chunk, self.first = rate, chunk, first
         self.sent = 0
         self.error: BaseException | None = None
         self.hold = threading.Event()
-        self.holding = threading.Event()  # set while held, its producer closed
+        self.holding = threading.Event()
 
     def run(self) -> None:
         try:
@@ -164,7 +188,15 @@ class Feeder(threading.Thread):
         await producer.start()
         try:
             started = time.monotonic()
-            for i in range(0, len(self.events), self.chunk):
+            while self.sent < len(self.events):
+                size = self.first if self.sent == 0 and self.first else self.chunk
+                part = self.events[self.sent : self.sent + size]
+                futures = [await producer.send(self.topic, v, key=k) for k, v in part]
+                await asyncio.gather(*futures)
+                self.sent += len(part)
+                due = started + max(0, self.sent - self.first) / self.rate
+                while time.monotonic() < due and not self.hold.is_set():
+                    await asyncio.sleep(min(0.05, max(0.0, due - time.monotonic())))
                 if self.hold.is_set():  # e.g. the broker goes down: a new producer after it
                     held = time.monotonic()
                     await producer.stop()
@@ -175,17 +207,23 @@ class Feeder(threading.Thread):
                     started += time.monotonic() - held
                     producer = self._producer()
                     await producer.start()
-                part = self.events[i : i + self.chunk]
-                futures = [await producer.send(self.topic, v, key=k) for k, v in part]
-                await asyncio.gather(*futures)
-                self.sent += len(part)
-                if self.on_chunk is not None:
-                    self.on_chunk(self.sent)
-                ahead = started + self.sent / self.rate - time.monotonic()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
         finally:
             await producer.stop()
+
+
+def target_after(settings: Settings, snapshot: Offsets, timeout: float = 5.0) -> Offsets:
+    """End offsets once input has arrived on every time-log partition after ``snapshot``
+    (bounded by ``timeout``; the latest ends then). A recovery timed to these offsets includes
+    processing input that came *after* the disruption on every partition: the killed or
+    paused worker's partitions too, which a group that had committed everything before the
+    disruption would otherwise not need."""
+    deadline = time.monotonic() + timeout
+    timelog = [tp for tp in snapshot if tp.topic == settings.topics.timelog]
+    while True:
+        ends = end_offsets(settings)
+        if all(ends[tp] > snapshot[tp] for tp in timelog) or time.monotonic() > deadline:
+            return ends
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- mixed producer partitioners

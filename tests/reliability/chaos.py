@@ -28,9 +28,15 @@ def input_partitions(settings: Settings) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
 
 
+REPARTITION_SUFFIX = "-repartition"
+"""Internal topics the worker group re-reads its own input from (faust's ``group_by`` names
+them ``<app id>-<name>-repartition``): counted as input, since a record committed on the
+input topic but still waiting there is not processed yet."""
+
+
 async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
-    """(end offsets, committed offsets of the worker group) of every input partition."""
-    tps = input_partitions(settings)
+    """(end offsets, committed offsets of the worker group) of every input partition: the
+    input topics, and any repartition topic the group commits offsets for."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
     )
@@ -41,8 +47,10 @@ async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
     try:
         await admin.start()
         try:
-            ends = await consumer.end_offsets(tps)
             group = await admin.list_consumer_group_offsets(settings.app_id)
+            tps = input_partitions(settings)
+            tps += [tp for tp in group if tp.topic.endswith(REPARTITION_SUFFIX)]
+            ends = await consumer.end_offsets(tps)
         finally:
             await admin.close()
     finally:
@@ -171,12 +179,20 @@ class Feeder(threading.Thread):
         self.error: BaseException | None = None
         self.hold = threading.Event()
         self.holding = threading.Event()
+        self._push = 0  # events to send at once, ahead of the steady pace
+        self._pushed = 0
 
     def run(self) -> None:
         try:
             asyncio.run(self._run())
         except BaseException as exc:
             self.error = exc
+
+    def burst(self, n: int) -> int:
+        """Send the next ``n`` events at once (ahead of the pace); returns the count the
+        feeder will have sent once the burst is acknowledged."""
+        self._push = n
+        return min(len(self.events), self.sent + n)
 
     def _producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -189,13 +205,15 @@ class Feeder(threading.Thread):
         try:
             started = time.monotonic()
             while self.sent < len(self.events):
-                size = self.first if self.sent == 0 and self.first else self.chunk
+                pushed, self._push = self._push, 0
+                size = pushed or (self.first if self.sent == 0 and self.first else self.chunk)
                 part = self.events[self.sent : self.sent + size]
                 futures = [await producer.send(self.topic, v, key=k) for k, v in part]
                 await asyncio.gather(*futures)
                 self.sent += len(part)
-                due = started + max(0, self.sent - self.first) / self.rate
-                while time.monotonic() < due and not self.hold.is_set():
+                self._pushed += len(part) if pushed else 0
+                due = started + max(0, self.sent - self.first - self._pushed) / self.rate
+                while time.monotonic() < due and not self.hold.is_set() and not self._push:
                     await asyncio.sleep(min(0.05, max(0.0, due - time.monotonic())))
                 if self.hold.is_set():  # e.g. the broker goes down: a new producer after it
                     held = time.monotonic()

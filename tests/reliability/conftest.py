@@ -29,6 +29,7 @@ class Size:
     kills: int
     kill_patients: int
     pause_patients: int
+    pauses: int
     broker_patients: int
     broker_down_seconds: tuple[float, float]  # SIGTERM outage, SIGKILL outage
     partitioner_patients: int
@@ -37,8 +38,8 @@ class Size:
 
 
 SIZES = {
-    "smoke": Size("smoke", 3, 150, 150, 150, (20.0, 20.0), 60, 150, (2, 1)),
-    "full": Size("full", 20, 600, 600, 600, (30.0, 60.0), 300, 600, (2, 3, 2, 1)),
+    "smoke": Size("smoke", 3, 150, 150, 2, 150, (20.0, 20.0), 60, 150, (2, 1)),
+    "full": Size("full", 20, 600, 600, 4, 600, (30.0, 60.0), 300, 600, (2, 3, 2, 1)),
 }
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,8 @@ def metric_sum(text: str, name: str) -> float | None:
     return sum(values) if values else None
 
 
-def events_seen(w: WorkerProcess) -> float:
-    return metric_sum(w.metrics(), "ccm_events_total") or 0.0
+def sent_at_least(feeder: Feeder, n: int) -> bool:
+    return feeder.sent >= n
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
@@ -267,16 +268,17 @@ def test_random_kill_9_under_steady_input(
 def test_paused_worker_is_fenced(
     kafka_bootstrap: str, tmp_path: Path, size: Size, record: Callable[[Figures], None]
 ) -> None:
-    """SIGSTOP one of two workers while a backlog reaches it, past the session timeout; the
-    other takes its partitions over and drains them while input goes on; a second backlog
-    arrives just before SIGCONT, so the paused worker wakes up with input to apply to the
-    ledgers it held. No wrong record, no output id with two contents, and no stale ledger:
-    ``/tally`` of every patient, from both workers, equals the replay's ledger."""
+    """``size.pauses`` times, the two workers in turn: SIGSTOP one while a backlog reaches it,
+    past the session timeout; the other takes its partitions over and drains them while input
+    goes on; a second backlog arrives just before SIGCONT, so the paused worker wakes up with
+    input to apply to the ledgers it held; it rejoins. No wrong record, no output id with two
+    contents, and no stale ledger: ``/tally`` of every patient, from both workers, equals the
+    replay's ledger."""
     events = simulated(size.pause_patients, 1, seed=43)
     stack = Stack(kafka_bootstrap, partitions=4)
     stack.create_topics()
     settings = stack.settings
-    figures = Figures("pause (SIGSTOP/SIGCONT)", events_in=len(events))
+    figures = Figures(f"pause (SIGSTOP/SIGCONT) x{size.pauses}", events_in=len(events))
     workers: list[WorkerProcess] = []
     with cleanup(workers):
         a = WorkerProcess(stack, tmp_path, "a")
@@ -285,38 +287,45 @@ def test_paused_worker_is_fenced(
         a.start()
         b.start()
         wait_for(lambda: group_state(settings) == ("Stable", 2), 60, 0.2)
-        first, second = len(events) // 4, len(events) // 6
-        steady = len(events) - first - second
+        backlog = len(events) // (5 * size.pauses)  # two backlogs a pause: 40 % of the input
         pause_for = 2.5 * settings.session_timeout_seconds
-        feeder = Feeder(
-            stack.bootstrap, stack.topics.timelog, events, steady / (pause_for + 20), 20, first
-        )
-        at_pause = end_offsets(settings)
+        steady = len(events) - 2 * backlog * size.pauses
+        rate = steady / (size.pauses * (pause_for + 20))
+        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, rate, 20)
         feeder.start()
-        wait_for(lambda: feeder.sent >= first, 60, 0.005)
-        os.kill(a.pid, signal.SIGSTOP)  # the backlog is being fetched or applied
-        paused_at = time.monotonic()
-        target = target_after(settings, at_pause)
-        # A is expelled after the session timeout; B alone then owns every partition
-        took_over = wait_for(lambda: group_state(settings) == ("Stable", 1), RECOVERY_TIMEOUT, 0.2)
-        drained = seconds_until_committed(
-            settings, target, paused_at, RECOVERY_TIMEOUT, lambda: alive(b)
-        )
-        time.sleep(max(0.0, pause_for - (time.monotonic() - paused_at)))
-        until = feeder.burst(second)
-        wait_for(lambda: feeder.sent >= until, 60, 0.005)
-        os.kill(a.pid, signal.SIGCONT)
-        paused_for = time.monotonic() - paused_at
-        if drained is not None:
-            figures.recover_seconds.append(drained)
-        figures.notes["paused seconds"] = round(paused_for, 1)
-        figures.notes["other worker took every partition"] = took_over
+        paused, took_over_all = [], True
+        for cycle in range(size.pauses):
+            victim, other = (a, b) if cycle % 2 == 0 else (b, a)
+            wait_for(lambda: group_state(settings) == ("Stable", 2), RECOVERY_TIMEOUT, 0.2)
+            at_pause = end_offsets(settings)
+            until = feeder.burst(backlog)
+            wait_for(partial(sent_at_least, feeder, until), 60, 0.005)
+            os.kill(victim.pid, signal.SIGSTOP)  # the backlog is being fetched or applied
+            paused_at = time.monotonic()
+            target = target_after(settings, at_pause)
+            # the victim is expelled after the session timeout; the other owns every partition
+            took_over = wait_for(
+                lambda: group_state(settings) == ("Stable", 1), RECOVERY_TIMEOUT, 0.2
+            )
+            took_over_all &= took_over
+            drained = seconds_until_committed(
+                settings, target, paused_at, RECOVERY_TIMEOUT, partial(alive, other)
+            )
+            figures.recover_seconds.append(drained if drained is not None else float("inf"))
+            time.sleep(max(0.0, pause_for - (time.monotonic() - paused_at)))
+            until = feeder.burst(backlog)
+            wait_for(partial(sent_at_least, feeder, until), 60, 0.005)
+            os.kill(victim.pid, signal.SIGCONT)
+            paused.append(round(time.monotonic() - paused_at, 1))
+        figures.notes["paused seconds"] = paused
+        figures.notes["other worker took every partition each time"] = took_over_all
         feeder.join()
         assert feeder.error is None, feeder.error
         finish(stack, figures, [v for _, v in events], [a, b])
     record(figures)
     check(figures, workers)
-    assert took_over and drained is not None, "the other worker must take over and drain"
+    assert took_over_all, "the other worker must take every partition over"
+    assert all(s != float("inf") for s in figures.recover_seconds), "a take-over never drained"
 
 
 def test_broker_restart_mid_stream(

@@ -10,28 +10,43 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from ccm_cli.main import aware_datetime
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 
+from .kafka_security import SECURITY_FLAGS, add_security_args
+
+_FLAG_SETTINGS = (
+    ("bootstrap_servers", "kafka_bootstrap_servers"),
+    ("partitions", "partitions"),
+    ("web_port", "web_port"),
+    ("profiles", "profiles_file"),
+    ("practices", "practices_file"),
+    ("close_tick_seconds", "close_tick_seconds"),
+    ("log_level", "log_level"),
+    *SECURITY_FLAGS,
+)
+
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment (CCM_*) first, then explicit flags on top."""
+    """Environment (CCM_*) first, then explicit flags on top; validated as a whole (an
+    inconsistent security setting is an error here, not a failed connection later)."""
     overrides: dict[str, Any] = {}
-    for flag, name in (
-        ("bootstrap_servers", "kafka_bootstrap_servers"),
-        ("partitions", "partitions"),
-        ("web_port", "web_port"),
-        ("profiles", "profiles_file"),
-        ("practices", "practices_file"),
-        ("close_tick_seconds", "close_tick_seconds"),
-        ("log_level", "log_level"),
-    ):
+    for flag, name in _FLAG_SETTINGS:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
-    base = Settings()
-    return base.model_copy(update=overrides) if overrides else base
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in err.errors()
+        )
+        raise SystemExit(f"ccm-tally: invalid settings: {problems}") from None
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +55,7 @@ def _kafka_args(parser: argparse.ArgumentParser) -> None:
         help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
     parser.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
+    add_security_args(parser)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -65,8 +81,13 @@ async def send_close(settings: Settings, command: MonthCloseCommand) -> int:
     """Fan a close command out to every partition of the control topic."""
     from aiokafka import AIOKafkaProducer
 
+    from .kafka_security import aiokafka_kwargs
+
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        **aiokafka_kwargs(settings),
     )
     await producer.start()
     try:

@@ -11,6 +11,7 @@ settings keep them as ``SecretStr`` and :func:`describe` (for log lines) names n
 
 from __future__ import annotations
 
+import argparse
 import ssl
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,14 @@ def describe(settings: Settings) -> dict[str, Any]:
     return info
 
 
+SECURITY_ENV_NAMES: frozenset[str] = frozenset(
+    f"CCM_{name.upper()}"
+    for name in Settings.model_fields
+    if name.startswith(("kafka_security", "kafka_sasl", "kafka_ssl", "web_auth", "web_tls"))
+)
+"""Every security variable: a child's environment takes them from its settings only."""
+
+
 def security_env(settings: Settings) -> dict[str, str]:
     """The ``CCM_KAFKA_*`` / ``CCM_WEB_*`` security variables that reproduce ``settings`` in a
     child process (``ccm_worker.process.worker_env``). Secrets given as files stay files."""
@@ -198,3 +207,61 @@ def security_env(settings: Settings) -> dict[str, str]:
         elif value is not None:
             env[name] = str(value)
     return env
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line flags (every command that talks to Kafka: worker, topics, close, simulate)
+# --------------------------------------------------------------------------------------------
+
+SECURITY_FLAGS: tuple[tuple[str, str], ...] = (
+    ("security_protocol", "kafka_security_protocol"),
+    ("sasl_mechanism", "kafka_sasl_mechanism"),
+    ("sasl_username", "kafka_sasl_username"),
+    ("sasl_password_file", "kafka_sasl_password_file"),
+    ("ssl_cafile", "kafka_ssl_cafile"),
+    ("ssl_certfile", "kafka_ssl_certfile"),
+    ("ssl_keyfile", "kafka_ssl_keyfile"),
+    ("ssl_check_hostname", "kafka_ssl_check_hostname"),
+)
+"""(argparse dest, Settings field) of the flags :func:`add_security_args` adds."""
+
+
+def security_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields the security flags set (unset flags leave the environment's)."""
+    out: dict[str, Any] = {}
+    for flag, name in SECURITY_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def add_security_args(parser: argparse.ArgumentParser) -> None:
+    """Kafka TLS/SASL flags (each also an environment variable, see README "Security").
+    Secrets only as files: a password on the command line shows in ``ps``."""
+    group = parser.add_argument_group("Kafka security")
+    group.add_argument(
+        "--security-protocol",
+        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        help="env CCM_KAFKA_SECURITY_PROTOCOL (default PLAINTEXT)",
+    )
+    group.add_argument(
+        "--sasl-mechanism",
+        choices=["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"],
+        help="env CCM_KAFKA_SASL_MECHANISM (default SCRAM-SHA-512)",
+    )
+    group.add_argument("--sasl-username", help="env CCM_KAFKA_SASL_USERNAME")
+    group.add_argument(
+        "--sasl-password-file", type=Path, help="file holding the SASL password (env …_FILE)"
+    )
+    group.add_argument("--ssl-cafile", type=Path, help="CA (PEM) that signed the brokers' certs")
+    group.add_argument("--ssl-certfile", type=Path, help="client certificate (mutual TLS)")
+    group.add_argument("--ssl-keyfile", type=Path, help="client key (mutual TLS)")
+    group.add_argument(
+        "--no-ssl-check-hostname",
+        dest="ssl_check_hostname",
+        action="store_const",
+        const=False,
+        default=None,
+        help="verify the broker certificate but not its host name",
+    )

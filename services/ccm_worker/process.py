@@ -20,6 +20,8 @@ from typing import Any
 
 from ccm_core.settings import Settings
 
+from .kafka_security import SECURITY_ENV_NAMES, security_env
+
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the worker's watchdog exit; a supervisor restarts it
 
 
@@ -32,8 +34,9 @@ def free_port() -> int:
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes a worker run with ``settings`` (plus ``extra``)."""
     t = settings.topics
+    inherited = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV_NAMES}
     env = {
-        **os.environ,
+        **inherited,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "CCM_APP_ID": settings.app_id,
         "CCM_PARTITIONS": str(settings.partitions),
@@ -49,6 +52,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
         "CCM_LOG_LEVEL": settings.log_level,
         "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
+        **security_env(settings),
     }
     env.update(extra)
     return env
@@ -128,9 +132,16 @@ class WorkerProcess:
         return self
 
     def get(self, path: str) -> Any:
-        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...)."""
+        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...).
+        Carries the settings' bearer token (``CCM_WEB_AUTH_TOKEN[_FILE]``) when there is one."""
+        from .http_auth import HttpAuth
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers=HttpAuth.from_settings(self.settings).forward_headers(),
+        )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings, Topics
 from ccm_worker import cli, ops, process
+from ccm_worker.kafka_security import aiokafka_kwargs
 from ccm_worker.topics import ensure_topics
 
 
@@ -30,6 +31,9 @@ class Stack:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
+    security: dict[str, Any] = field(default_factory=dict)
+    """Settings fields for TLS/SASL/HTTP auth (``kafka_security_protocol`` ...), e.g. from
+    the ``kafka_secure`` fixture; ``bootstrap`` is then the secure listener."""
 
     @property
     def topics(self) -> Topics:
@@ -44,6 +48,7 @@ class Stack:
             topics=self.topics,
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
+            **self.security,
         )
 
     def create_topics(self) -> None:
@@ -61,9 +66,15 @@ class WorkerProcess(process.WorkerProcess):
         return self
 
 
-async def _produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes]]) -> int:
+async def _produce(
+    settings: Settings, topic: str, events: Iterable[tuple[bytes | None, bytes]]
+) -> int:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **aiokafka_kwargs(settings),
     )
     await producer.start()
     try:
@@ -75,7 +86,7 @@ async def _produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | No
 
 
 def produce(stack: Stack, events: Iterable[tuple[bytes | None, bytes]]) -> int:
-    return asyncio.run(_produce(stack.bootstrap, stack.topics.timelog, events))
+    return asyncio.run(_produce(stack.settings, stack.topics.timelog, events))
 
 
 def send_close(stack: Stack, command: dict[str, Any]) -> None:

@@ -462,6 +462,11 @@ class LocalKafka:
     that requires a client certificate (:attr:`mtls_bootstrap_servers`). A throw-away CA made
     at start signs the broker's certificate (:attr:`ca`; clients trust :attr:`ca_file`, and
     ``ca.issue(name)`` makes client certificates for mutual TLS).
+
+    For wire checks it also has a second SASL_SSL listener, the *tap*, that advertises a port
+    nobody listens on yet (:attr:`tap_port`): a test runs a recording TCP relay there to
+    :attr:`tap_target_port`, and since the broker tells clients to come back to the advertised
+    port, every byte of every connection of such a client passes the relay.
     """
 
     def __init__(
@@ -488,6 +493,10 @@ class LocalKafka:
                 raise ValueError("SASL user names and passwords: letters, digits, _ . - only")
         self.secure_port: int | None = None
         self.mtls_port: int | None = None
+        self.tap_port: int | None = None
+        """Advertised port of the tap listener (free: for a relay to listen on)."""
+        self.tap_target_port: int | None = None
+        """Where the tap listener really listens (the relay forwards there)."""
         self.ca: CertificateAuthority | None = None
         self._keystore: Path | None = None
         self._keystore_password = ""
@@ -602,12 +611,13 @@ class LocalKafka:
         data_dir = work / "data"
         logs_dir = work / "logs"
         logs_dir.mkdir()
-        ports = _free_ports(4 if self.secure else 2)
+        ports = _free_ports(6 if self.secure else 2)
         self.broker_port, self.controller_port = ports[0], ports[1]
         self.cluster_id = _random_cluster_id()
         scram_args: list[str] = []
         if self.secure:
             self.secure_port, self.mtls_port = ports[2], ports[3]
+            self.tap_target_port, self.tap_port = ports[4], ports[5]
             self._make_tls(work / "tls")
             for user in self.sasl_users:
                 for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
@@ -731,25 +741,30 @@ class LocalKafka:
         """The SASL_SSL and mutual-TLS listeners (the plaintext one stays for the rest)."""
         assert self.ca is not None
         bp, cp, sp, mp = self.broker_port, self.controller_port, self.secure_port, self.mtls_port
+        tp, ta = self.tap_target_port, self.tap_port
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         plain_users = " ".join(f'user_{u.username}="{u.password}"' for u in self.sasl_users)
         plain = f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
         props = {
             "listeners": f"PLAINTEXT://127.0.0.1:{bp},CONTROLLER://127.0.0.1:{cp},"
-            f"SECURE://127.0.0.1:{sp},MTLS://127.0.0.1:{mp}",
+            f"SECURE://127.0.0.1:{sp},MTLS://127.0.0.1:{mp},TAP://127.0.0.1:{tp}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{bp},SECURE://127.0.0.1:{sp},"
-            f"MTLS://127.0.0.1:{mp}",
+            f"MTLS://127.0.0.1:{mp},TAP://127.0.0.1:{ta}",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SECURE:SASL_SSL,MTLS:SSL",
+            "SECURE:SASL_SSL,MTLS:SSL,TAP:SASL_SSL",
             "listener.name.secure.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
             "listener.name.secure.scram-sha-256.sasl.jaas.config": scram,
             "listener.name.secure.scram-sha-512.sasl.jaas.config": scram,
             "listener.name.secure.plain.sasl.jaas.config": plain,
+            "listener.name.tap.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            "listener.name.tap.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.tap.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.tap.plain.sasl.jaas.config": plain,
             "listener.name.mtls.ssl.client.auth": "required",
             "ssl.truststore.type": "PEM",
             "ssl.truststore.location": str(self.ca.cert),
         }
-        for listener in ("secure", "mtls"):
+        for listener in ("secure", "mtls", "tap"):
             props |= {
                 f"listener.name.{listener}.ssl.keystore.type": "PKCS12",
                 f"listener.name.{listener}.ssl.keystore.location": str(self._keystore),

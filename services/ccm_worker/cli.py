@@ -44,7 +44,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         problems = "; ".join(
             (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
             + str(e["msg"]).removeprefix("Value error, ")
-            for e in err.errors()
+            for e in err.errors(include_input=False)
         )
         raise SystemExit(f"ccm-tally: invalid settings: {problems}") from None
 

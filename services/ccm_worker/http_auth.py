@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hmac
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from ccm_core.settings import Settings
 
@@ -42,8 +43,6 @@ UNAUTHORIZED_MESSAGE = (
     "or a client certificate"
 )
 AUTH_HEADER = "Authorization"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def _peer_cert(request: web.Request) -> Mapping[str, Any] | None:
 
 def auth_middleware(
     settings: Settings | HttpAuth, open_paths: frozenset[str] = OPEN_PATHS
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """aiohttp middleware: open paths pass; every other path needs a credential.
 
     403 ``patient_data_off`` while no credential is configured, 401 ``unauthorized`` (with

@@ -535,6 +535,19 @@ class LocalKafka:
             raise KafkaLauncherError("no mutual-TLS listener: start LocalKafka(secure=True)")
         return f"127.0.0.1:{self.mtls_port}"
 
+    def secure_client_env(self) -> dict[str, str]:
+        """``CCM_*`` variables that make a ccm-tally client use the SASL_SSL listener as the
+        first SASL user (SCRAM-SHA-512, password in a file, the throw-away CA)."""
+        assert self.ca is not None
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.secure_bootstrap_servers,
+            "CCM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CCM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "CCM_KAFKA_SASL_USERNAME": self.sasl_users[0].username,
+            "CCM_KAFKA_SASL_PASSWORD_FILE": str(self.ca.directory / "sasl-password"),
+            "CCM_KAFKA_SSL_CAFILE": str(self.ca.cert),
+        }
+
     @property
     def ca_file(self) -> Path:
         """The throw-away CA (PEM) that signed the broker's certificate."""
@@ -733,6 +746,9 @@ class LocalKafka:
     def _make_tls(self, tls_dir: Path) -> None:
         """A throw-away CA and the broker's certificate (PKCS#12 keystore, random password)."""
         self.ca = make_ca(tls_dir)
+        password_file = tls_dir / "sasl-password"
+        password_file.write_text(self.sasl_users[0].password + "\n", encoding="utf-8")
+        password_file.chmod(0o600)
         broker = self.ca.issue("broker", hosts=("127.0.0.1", "localhost"))
         self._keystore_password = secrets.token_urlsafe(16)
         self._keystore = broker.pkcs12(self._keystore_password)

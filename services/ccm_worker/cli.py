@@ -117,9 +117,9 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from ccm_localkafka.__main__ import main as broker_main
+    from ccm_localkafka.__main__ import run
 
-    return broker_main(args.broker_args)
+    return run(args)
 
 
 def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -148,7 +148,9 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     close.set_defaults(func=cmd_close)
 
     broker = sub.add_parser("broker", help="run a local single-node Kafka (KRaft) on 127.0.0.1")
-    broker.add_argument("broker_args", nargs=argparse.REMAINDER)
+    from ccm_localkafka.__main__ import add_arguments as broker_arguments
+
+    broker_arguments(broker)
     broker.set_defaults(func=cmd_broker)
 
     try:

@@ -8,6 +8,7 @@ runner (``ccm_worker.process``), as the demo and the benchmarks use.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class Stack:
     security: dict[str, Any] = field(default_factory=dict)
     """Settings fields for TLS/SASL/HTTP auth (``kafka_security_protocol`` ...), e.g. from
     the ``kafka_secure`` fixture; ``bootstrap`` is then the secure listener."""
+    web_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    """Bearer token of the workers' patient-data endpoints (they are off without one);
+    ``WorkerProcess.get`` sends it. A ``web_auth_token_file`` in ``security`` replaces it."""
 
     @property
     def topics(self) -> Topics:
@@ -48,8 +52,13 @@ class Stack:
             topics=self.topics,
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
-            **self.security,
+            **self._auth_and_security(),
         )
+
+    def _auth_and_security(self) -> dict[str, Any]:
+        if "web_auth_token_file" in self.security:
+            return dict(self.security)
+        return {"web_auth_token": self.web_token, **self.security}
 
     def create_topics(self) -> None:
         ensure_topics(self.settings)

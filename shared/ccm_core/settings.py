@@ -171,6 +171,11 @@ def security_problems(s: Settings) -> list[str]:
                 f"security protocol {s.kafka_security_protocol} needs CCM_KAFKA_SASL_PASSWORD_FILE "
                 "(or CCM_KAFKA_SASL_PASSWORD)"
             )
+    if s.kafka_security_protocol == "SASL_PLAINTEXT" and s.kafka_sasl_mechanism == "PLAIN":
+        problems.append(
+            "SASL mechanism PLAIN over SASL_PLAINTEXT sends the password in clear: "
+            "use SASL_SSL, or a SCRAM mechanism"
+        )
     tls_only = (s.kafka_ssl_cafile, s.kafka_ssl_certfile, s.kafka_ssl_keyfile)
     if not s.kafka_uses_tls and any(f is not None for f in tls_only):
         problems.append(

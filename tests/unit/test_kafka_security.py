@@ -106,6 +106,15 @@ def test_settings_from_the_environment(
         ),
         ({"web_tls_client_cafile": "/ca.pem"}, "needs CCM_WEB_TLS_CERTFILE"),
         ({"web_auth_token": "a", "web_auth_token_file": "/t"}, "not both"),
+        (
+            {
+                "kafka_security_protocol": "SASL_PLAINTEXT",
+                "kafka_sasl_mechanism": "PLAIN",
+                "kafka_sasl_username": "u",
+                "kafka_sasl_password": "p",
+            },
+            "in clear",
+        ),
         ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
         ({"kafka_sasl_mechanism": "GSSAPI"}, "kafka_sasl_mechanism"),
     ],

@@ -16,7 +16,7 @@ from ccm_cli.main import aware_datetime
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 
-from .kafka_security import SECURITY_FLAGS, add_security_args
+from .kafka_security import SECURITY_FLAGS, KafkaSecurityError, add_security_args, preflight
 
 _FLAG_SETTINGS = (
     ("bootstrap_servers", "kafka_bootstrap_servers"),
@@ -31,15 +31,20 @@ _FLAG_SETTINGS = (
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment (CCM_*) first, then explicit flags on top; validated as a whole (an
-    inconsistent security setting is an error here, not a failed connection later)."""
+    """Environment (CCM_*) first, then explicit flags on top; validated as a whole, and the
+    security files read once (an inconsistent setting or a missing file is an error here, not
+    a failed connection later)."""
     overrides: dict[str, Any] = {}
     for flag, name in _FLAG_SETTINGS:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        preflight(settings)  # a missing CA or secret file: stop now, naming the file
+        return settings
+    except KafkaSecurityError as err:
+        raise SystemExit(f"ccm-tally: {err}") from None
     except ValidationError as err:
         problems = "; ".join(
             (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")

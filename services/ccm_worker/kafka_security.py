@@ -157,6 +157,23 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def preflight(settings: Settings) -> None:
+    """Read every security file the settings name (CA, certificate and key, password and token
+    files) once, so that a wrong path or an empty secret stops a command at start with the
+    file's name (:class:`KafkaSecurityError`, a ValueError), instead of looking like a broker
+    that does not answer."""
+    aiokafka_kwargs(settings)
+    if settings.web_auth_token_file is not None:
+        read_secret_file(settings.web_auth_token_file)
+    for what, path in (
+        ("web TLS certificate", settings.web_tls_certfile),
+        ("web TLS key", settings.web_tls_keyfile),
+        ("web client CA", settings.web_tls_client_cafile),
+    ):
+        if path is not None:
+            _existing(path, what)
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     """What a log line may say about the Kafka security in use: never a secret."""
     info: dict[str, Any] = {"kafka_security_protocol": settings.kafka_security_protocol}

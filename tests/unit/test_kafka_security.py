@@ -334,3 +334,26 @@ def test_no_secret_in_log_output(
     aiokafka_kwargs(s)
     faust_broker_kwargs(s)
     assert PASSWORD not in caplog.text
+
+
+def test_preflight_names_the_missing_file(tmp_path: Path, ca: CertificateAuthority) -> None:
+    good = sasl_ssl(tmp_path, ca)
+    kafka_security.preflight(good)  # all there: no error
+    for update, name in (
+        ({"kafka_ssl_cafile": tmp_path / "gone-ca.pem"}, "gone-ca.pem"),
+        ({"kafka_sasl_password_file": tmp_path / "gone-pw"}, "gone-pw"),
+        ({"web_auth_token_file": tmp_path / "gone-token"}, "gone-token"),
+    ):
+        with pytest.raises(KafkaSecurityError, match=name.replace(".", r"\.")):
+            kafka_security.preflight(good.model_copy(update=update))
+
+
+def test_commands_stop_at_start_on_a_missing_security_file(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers(), lambda p: None)
+    args = parser.parse_args(
+        ["worker", "--security-protocol", "SSL", "--ssl-cafile", str(tmp_path / "nope.pem")]
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.settings_from_args(args)
+    assert "nope.pem" in str(exc.value.code)

@@ -350,12 +350,6 @@ def _free_port() -> int:
 # -- the worker over SASL_SSL -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's Kafka clients (services/ccm_worker/app.py) do not take the security "
-    "settings yet; the faust worker passes kafka_security.faust_broker_kwargs(settings): "
-    "remove this mark then",
-)
 def test_worker_over_sasl_ssl(kafka_secure: LocalKafka, tmp_path: Path) -> None:
     token = f"tok-{uuid.uuid4().hex}"
     probe = sasl_ssl_settings(kafka_secure, tmp_path)

@@ -79,6 +79,26 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from typing import Any
+
+    from ccm_console.web import run_console
+    from ccm_core.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for flag, name in (
+        ("bootstrap_servers", "kafka_bootstrap_servers"),
+        ("host", "console_host"),
+        ("port", "console_port"),
+        ("refresh_seconds", "console_refresh_seconds"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    settings = Settings().model_copy(update=overrides)
+    return run_console(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccm-tally",
@@ -111,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema_sub.add_parser("export", help="write one .schema.json per format into DIR")
     export.add_argument("dir", type=Path)
     export.set_defaults(func=cmd_schema_export)
+
+    console = sub.add_parser(
+        "console",
+        help="the care-team worklist (web page and JSON) over the status topic; any replicas",
+    )
+    console.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    console.add_argument("--host", help="bind address (default 127.0.0.1, CCM_CONSOLE_HOST)")
+    console.add_argument("--port", type=int, help="port (default 6070, CCM_CONSOLE_PORT)")
+    console.add_argument("--refresh-seconds", type=float, help="page refresh interval (default 5)")
+    console.set_defaults(func=cmd_console)
 
     try:
         from ccm_worker.cli import add_commands

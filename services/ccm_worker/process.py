@@ -42,6 +42,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_TOPIC_THRESHOLD": t.threshold,
         "CCM_TOPIC_BILLING_RECORD": t.billing_record,
         "CCM_TOPIC_DLQ": t.dlq,
+        "CCM_TOPIC_TALLY_STATUS": t.tally_status,
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,

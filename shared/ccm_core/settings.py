@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="Host other workers use to reach this one (look-up forwarding); "
         "defaults to web_host, or to this host's address when web_host is 0.0.0.0.",
     )
+    console_host: str = Field(
+        default="127.0.0.1", description="Bind address of the care-team console (worklist)."
+    )
+    console_port: int = Field(default=6070, description="Port of the care-team console.")
+    console_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="How often the worklist page refreshes itself."
+    )
     batch_max_events: Annotated[int, Field(gt=0)] = 5000
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
     session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0

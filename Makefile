@@ -19,7 +19,7 @@ setup: $(STAMP)  ## Python deps, Java/Maven (Debian), Kafka jars
 	$(BIN)/python -m ccm_localkafka --fetch-only
 
 demo: setup  ## the whole stack on a local Kafka: one simulated month, closed, summarised
-	$(BIN)/ccm-tally demo
+	$(BIN)/ccm-tally demo --keep-running
 
 test: setup  ## unit + integration tests (a real Kafka broker is started by the test session)
 	$(BIN)/python -m pytest

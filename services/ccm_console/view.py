@@ -65,6 +65,9 @@ async def follow(view: StatusView, bootstrap: str, topic: str, stop: asyncio.Eve
     """Read ``topic`` from the beginning into ``view`` and keep following it until ``stop``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    partitions = await _partitions(bootstrap, topic, stop)
+    if not partitions:
+        return
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -74,15 +77,6 @@ async def follow(view: StatusView, bootstrap: str, topic: str, stop: asyncio.Eve
     )
     await consumer.start()
     try:
-        partitions: set[int] | None = None
-        while not stop.is_set():  # the workers create the topic: wait for it
-            if topic in await consumer.topics():  # a metadata request: public API
-                partitions = consumer.partitions_for_topic(topic)
-                if partitions:
-                    break
-            await asyncio.sleep(0.5)
-        if not partitions:
-            return
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -103,3 +97,37 @@ async def follow(view: StatusView, bootstrap: str, topic: str, stop: asyncio.Eve
                     log.info("console_ready", patient_months=len(view.statuses))
     finally:
         await consumer.stop()
+
+
+async def follow_forever(view: StatusView, bootstrap: str, topic: str, stop: asyncio.Event) -> None:
+    """:func:`follow`, started again (from the beginning, into the same view: re-reading
+    applies the same statuses in the same order) when the consumer fails."""
+    while not stop.is_set():
+        try:
+            await follow(view, bootstrap, topic, stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("console_feed_failed", topic=topic)
+            await asyncio.sleep(2.0)
+
+
+async def _partitions(bootstrap: str, topic: str, stop: asyncio.Event) -> list[int]:
+    """The topic's partition numbers, once the topic exists (the workers create it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while not stop.is_set():
+            try:
+                [found] = await admin.describe_topics([topic])
+            except Exception:  # the broker not reachable yet: try again
+                log.warning("console_metadata_failed", topic=topic, exc_info=True)
+            else:
+                if found.get("error_code") == 0 and found.get("partitions"):
+                    return sorted(int(p["partition"]) for p in found["partitions"])
+            await asyncio.sleep(1.0)
+        return []
+    finally:
+        await admin.close()

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from ccm_core.settings import Settings
 
-from .view import StatusView, follow
+from .view import StatusView, follow_forever
 from .worklist import Worklist, WorklistRow, current_month, worklist
 
 log = structlog.get_logger("ccm_console")
@@ -334,7 +334,9 @@ def with_kafka(app: web.Application) -> web.Application:
         settings = app[SETTINGS]
         stop = asyncio.Event()
         task = asyncio.create_task(
-            follow(app[VIEW], settings.kafka_bootstrap_servers, settings.topics.tally_status, stop)
+            follow_forever(
+                app[VIEW], settings.kafka_bootstrap_servers, settings.topics.tally_status, stop
+            )
         )
         yield
         stop.set()

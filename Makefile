@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## Python deps, Java/Maven (Debian), Kafka jars
+setup: $(STAMP)  ## Python deps, Java/Maven/Chromium (Debian), Kafka jars
 	bash .ci/install-system.sh
 	$(BIN)/python -m ccm_localkafka --fetch-only
 

@@ -30,6 +30,8 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, overload
 
+import orjson
+
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
     ENVELOPES,
@@ -46,7 +48,6 @@ from .contracts import (
     RejectedInput,
     RejectedLine,
     Role,
-    StatusThreshold,
     TallyStatus,
     ThresholdEvent,
     TimeLogged,
@@ -279,7 +280,7 @@ class Output:
     batch (:func:`coalesce_status`), and only those are ever turned into pydantic models.
     """
 
-    __slots__ = ("_build", "_envelope", "key", "kind")
+    __slots__ = ("_build", "_envelope", "_json", "key", "kind")
 
     def __init__(
         self,
@@ -287,6 +288,7 @@ class Output:
         key: str,
         envelope: OutputEnvelope | None = None,
         build: Callable[[], OutputEnvelope] | None = None,
+        json: Callable[[], str] | None = None,
     ) -> None:
         if (envelope is None) == (build is None):
             raise ValueError("give an envelope or a function that builds it")
@@ -294,6 +296,7 @@ class Output:
         self.key = key
         self._envelope = envelope
         self._build = build
+        self._json = json  # the same JSON as the envelope's, without building the models
 
     @property
     def envelope(self) -> OutputEnvelope:
@@ -304,6 +307,8 @@ class Output:
         return self._envelope
 
     def to_json(self) -> str:
+        if self._envelope is None and self._json is not None:
+            return self._json()
         return self.envelope.model_dump_json()
 
     def __eq__(self, other: object) -> bool:
@@ -762,8 +767,12 @@ class TallyEngine:
             at,
         )
         key = f"{patient_id}/{tally.practice_id}/{tally.service_month}"  # status_key
+        profile = self._profile_of(tally)
         return Output(
-            "status", key, build=partial(_status_envelope, self._profile_of(tally), snapshot)
+            "status",
+            key,
+            build=partial(_status_envelope, profile, snapshot),
+            json=partial(_status_json, profile, snapshot),
         )
 
     def _close_status(
@@ -967,7 +976,11 @@ StatusSnapshot = tuple[str, str, str, str, str, str, int, int, int, int, str, da
 engine emits one per changed month per input, most are never published)."""
 
 
-def _status_envelope(profile: PayerProfile, snapshot: StatusSnapshot) -> OutputEnvelope:
+def _status_parts(
+    profile: PayerProfile, snapshot: StatusSnapshot
+) -> tuple[dict[str, Any], str, str, datetime]:
+    """The status data (as plain JSON-able values, in the model's field order), its id, its
+    subject and its time."""
     (
         patient_id,
         practice_id,
@@ -985,40 +998,44 @@ def _status_envelope(profile: PayerProfile, snapshot: StatusSnapshot) -> OutputE
     minutes = qualifying_seconds // 60
     lines = []
     if level >= 1:
-        lines.append(BillingLine(code=profile.entry_code, units=1))
+        lines.append({"code": profile.entry_code, "units": 1})
     if level >= 2:
-        lines.append(BillingLine(code=profile.addon_code, units=level - 1))
+        lines.append({"code": profile.addon_code, "units": level - 1})
     max_level = profile.max_level()
     shown = max(level + 2, 2)
     if max_level is not None:
         shown = min(shown, max_level)
-    thresholds = []
+    thresholds: list[dict[str, Any]] = []
     for lvl in range(1, shown + 1):
         code, unit = profile.code_unit(lvl)
         thresholds.append(
-            StatusThreshold(
-                code=code, unit=unit, minutes=profile.threshold_minutes(lvl), reached=lvl <= level
-            )
+            {
+                "code": code,
+                "unit": unit,
+                "minutes": profile.threshold_minutes(lvl),
+                "reached": lvl <= level,
+            }
         )
     at_cap = max_level is not None and level >= max_level
     following = None if at_cap else thresholds[level]
     closed = revision >= 0
-    data = TallyStatus(
-        patient_id=patient_id,
-        practice_id=practice_id,
-        service_month=service_month,
-        time_zone=time_zone,
-        payer=payer,
-        profile_version=profile_version,
-        qualifying_minutes=minutes,
-        codes_reached=lines,
-        thresholds=thresholds,
-        next_threshold=following,
-        minutes_to_next_threshold=None if following is None else following.minutes - minutes,
-        logs=logs,
-        closed=closed,
-        revision=revision if closed else None,
-    )
+    data = {
+        "patient_id": patient_id,
+        "practice_id": practice_id,
+        "service_month": service_month,
+        "time_zone": time_zone,
+        "payer": payer,
+        "profile_version": profile_version,
+        "qualifying_minutes": minutes,
+        "codes_reached": lines,
+        "thresholds": thresholds,
+        "next_threshold": following,
+        "minutes_to_next_threshold": None if following is None else following["minutes"] - minutes,
+        "logs": logs,
+        "closed": closed,
+        "revision": revision if closed else None,
+        "billable": None,
+    }
     oid = stable_id(
         "status",
         patient_id,
@@ -1030,4 +1047,30 @@ def _status_envelope(profile: PayerProfile, snapshot: StatusSnapshot) -> OutputE
         logs,
         revision,
     )
-    return envelope(data, oid, f"{patient_id}/{practice_id}/{service_month}", at)
+    return data, oid, f"{patient_id}/{practice_id}/{service_month}", at
+
+
+def _status_envelope(profile: PayerProfile, snapshot: StatusSnapshot) -> OutputEnvelope:
+    data, oid, subject, at = _status_parts(profile, snapshot)
+    return envelope(TallyStatus.model_validate(data), oid, subject, at)
+
+
+_STATUS_TYPE = OUTPUT_TYPES[TallyStatus]
+
+
+def _status_json(profile: PayerProfile, snapshot: StatusSnapshot) -> str:
+    """The status envelope's JSON without building its pydantic models (the worker publishes
+    a status per changed patient-month per batch: the models cost most of it). The same
+    bytes as ``model_dump_json`` of :func:`_status_envelope` (a unit test compares them)."""
+    data, oid, subject, at = _status_parts(profile, snapshot)
+    body = {
+        "specversion": "1.0",
+        "id": oid,
+        "source": "ccm-tally",
+        "type": _STATUS_TYPE,
+        "subject": subject,
+        "time": at,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z).decode()

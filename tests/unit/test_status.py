@@ -197,3 +197,48 @@ def test_coalesce_property(items: list[tuple[str, int]]) -> None:
     # relative order of everything kept is the input's order
     positions = [next(i for i, o in enumerate(outputs) if o is k) for k in kept]
     assert positions == sorted(positions)
+
+
+def test_status_topic_is_named_prefixed_and_created_compacted() -> None:
+    from ccm_core.settings import Settings, Topics
+    from ccm_worker.topics import topic_plan
+
+    assert Topics().output_topic("status") == "ccm.tally-status.v1"
+    assert Topics.prefixed("t1").output_topic("status") == "t1.tally-status"
+    settings = Settings(topics=Topics.prefixed("t1"), partitions=3)
+    plan, compacted = topic_plan(settings)
+    assert plan["t1.tally-status"] == 3  # co-partitioned: a status goes to its patient's
+    assert "t1.tally-status" in compacted
+    assert "t1.billing-record" not in compacted
+
+
+@given(
+    payer=st.sampled_from(["cms", "bcbsm", "priority_health", "medicaid"]),
+    chunks=st.lists(st.integers(1, 90), min_size=1, max_size=6),
+    close=st.booleans(),
+    offset_minutes=st.sampled_from([0, -300, -240, 330, 60]),
+    micro=st.sampled_from([0, 120000, 5]),
+)
+def test_status_fast_json_is_the_models_json(
+    payer: str, chunks: list[int], close: bool, offset_minutes: int, micro: int
+) -> None:
+    """``to_json`` of a status (written without building models) is byte for byte the JSON
+    of its pydantic envelope, for every payer, level, cap, close state and time offset."""
+    from datetime import timezone
+
+    harness = Harness()
+    tz = timezone(timedelta(minutes=offset_minutes))
+    for n, size in enumerate(chunks):
+        start = local(2 + n)
+        recorded = (start + timedelta(minutes=size, hours=1)).astimezone(tz)
+        harness.feed(log(f"e{n}", start, size, payer=payer, recorded_at=recorded))
+    if close:
+        harness.close(as_of=CLOSE_AT.replace(microsecond=micro).astimezone(tz))
+    found = [o for o in harness.outputs if o.kind == "status"]
+    assert found
+    for out in found:
+        fast = out.to_json()  # before the envelope is built
+        assert fast == out.envelope.model_dump_json()
+        assert TallyStatus.model_validate_json(fast.split('"data":', 1)[1][:-1]) == (
+            out.envelope.data
+        )

@@ -26,14 +26,22 @@ import pytest
 
 from ccm_console.process import ConsoleProcess
 from ccm_core.months import local_month, parse_month, zone
-from tests.integration.harness import Stack, WorkerProcess, produce, wait_processed
+from ccm_worker.process import WorkerProcess
+from tests.integration.harness import Stack, produce, wait_processed
 from tests.unit.unit_helpers import encode
 from tests.unit.unit_helpers import log as time_log
 
 pytestmark = pytest.mark.integration
 
-TZ = "America/Detroit"  # the default practice zone
+# The practice's zone comes from a practices file the worker reads; the console takes it from
+# the statuses. UTC+14 puts the practice's local month ahead of the test machine's clock, so
+# the page shows days left on most days of the month.
+TZ = "Pacific/Kiritimati"
 PRACTICE = "lakeside-im"
+PRACTICES_TOML = f"""
+[practices.{PRACTICE}]
+time_zone = "{TZ}"
+"""
 CHROME_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -77,9 +85,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def this_month(now: datetime) -> tuple[str, datetime]:
-    """The practice's local month three hours ago (so its logs lie in the past) and its
-    start."""
-    month = local_month(now - timedelta(hours=3), TZ)
+    """The practice's local month four hours ago and its start: every log of the test lies
+    within the first three hours of the month, so in the past (the worker rejects a log
+    recorded before it ended)."""
+    month = local_month(now - timedelta(hours=4), TZ)
     year, mon = parse_month(month)
     return month, datetime(year, mon, 1, tzinfo=zone(TZ))
 
@@ -140,7 +149,12 @@ def test_worklist_page_lists_patients_by_urgency_and_checks_a_code_live(
     ]
     stack = Stack(kafka_bootstrap, partitions=2)
     stack.create_topics()
-    worker = WorkerProcess(stack, tmp_path).start()
+    practices = tmp_path / "practices.toml"
+    practices.write_text(PRACTICES_TOML, encoding="utf-8")
+    worker = WorkerProcess(
+        stack.settings.model_copy(update={"practices_file": practices}), tmp_path
+    )
+    worker.start()
     consoles: list[ConsoleProcess] = []
     try:
         produce(
@@ -170,7 +184,7 @@ def test_worklist_page_lists_patients_by_urgency_and_checks_a_code_live(
 
         # a log arrives: P-06 goes from 10 to 65 minutes; the page refreshes by itself and
         # shows the 99487 check, and P-06 moves up (25 minutes to 99489 now)
-        late_start = start + timedelta(hours=3)
+        late_start = start + timedelta(hours=2, minutes=5)  # after P-06's first log
         produce(stack, logs_for("P-06", "cms", 55, late_start, now, tag="b"))
         wait.until(lambda d: has_check(d, "P-06", "99487"))
         wait.until(lambda d: rows(d) == ["P-01", "P-04", "P-02", "P-06", "P-03", "P-05"])
@@ -195,6 +209,9 @@ def test_worklist_page_lists_patients_by_urgency_and_checks_a_code_live(
 
         browser.get(f"{consoles[0].url}?{query}")
         wait.until(lambda d: len(rows(d)) == len(patients))
+        expected_days = consoles[0].get(api)["days_left"]
+        days = browser.find_element("css selector", 'tr[data-patient="P-01"] td.days').text
+        assert int(days) == expected_days
         browser.save_screenshot(str(tmp_path / "console-worklist.png"))
         target = os.environ.get("CCM_CONSOLE_SCREENSHOT")
         if target:

@@ -225,6 +225,8 @@ class TallyWorker:
             self._close_tick
         )
         self.app.timer(5.0, on_leader=False, name="monitor")(self._monitor)
+        self._recovery_probe = faust_fixes.RecoveryEndProbe()
+        self._recovery_probe_task: asyncio.Task[None] | None = None
         self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         self._batch_lock = asyncio.Lock()
         self._commits_guarded = False
@@ -544,12 +546,25 @@ class TallyWorker:
         too, and faust does not recover a kept partition again: so the drop happens here,
         against the new assignment.)"""
         self._ready_since = time.monotonic()
+        if self._recovery_probe_task is None:
+            self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
         data = self.table.data
         stale = [pid for pid, ledger in list(data.items()) if ledger.partition not in mine]
         for pid in stale:
             data.pop(pid, None)
         log.info("partitions_assigned", partitions=sorted(mine), ledgers_dropped=len(stale))
+
+    async def _recovery_end(self) -> None:
+        """Every 0.25 s, from the first assignment on (faust timers start only once the
+        first recovery is over, too late for it): see ``faust_fixes.RecoveryEndProbe``."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                if await self._recovery_probe(self.app):
+                    log.info("recovery_ended_at_transaction_markers")
+            except Exception:  # a probe failure leaves faust's own (slower) detection
+                log.exception("recovery_probe_failed")
 
     # ------------------------------------------------------------------ monitoring
 

@@ -91,8 +91,8 @@ check_versions()
 
 # The guard above must run before faust, mode or aiokafka are imported.
 from faust.tables.recovery import Recovery  # noqa: E402
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer, ensure_TP  # noqa: E402
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
 from faust.types import TP  # noqa: E402
 from faust.types.tuples import ack_lock  # noqa: E402
 from mode.utils.futures import notify  # noqa: E402

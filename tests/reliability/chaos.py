@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from ccm_core.settings import Settings
+from ccm_worker.kafka_security import client_kwargs
 
 Offsets = dict[TopicPartition, int]
 
@@ -37,12 +38,8 @@ input topic but still waiting there is not processed yet."""
 async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
     """(end offsets, committed offsets of the worker group) of every input partition: the
     input topics, and any repartition topic the group commits offsets for."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
-    )
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
-    )
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10000)
     await consumer.start()
     try:
         await admin.start()
@@ -63,9 +60,7 @@ async def _positions(settings: Settings) -> tuple[Offsets, Offsets]:
 
 
 async def _group(settings: Settings) -> tuple[str, int]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000
-    )
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=10000)
     await admin.start()
     try:
         [response] = await admin.describe_consumer_groups([settings.app_id])
@@ -165,15 +160,14 @@ class Feeder(threading.Thread):
 
     def __init__(
         self,
-        bootstrap: str,
-        topic: str,
+        settings: Settings,
         events: Sequence[tuple[bytes, bytes]],
         rate: float,
         chunk: int = 50,
         first: int = 0,
     ) -> None:
         super().__init__(daemon=True, name="feeder")
-        self.bootstrap, self.topic, self.events = bootstrap, topic, events
+        self.settings, self.topic, self.events = settings, settings.topics.timelog, events
         self.rate, self.chunk, self.first = rate, chunk, first
         self.sent = 0
         self.error: BaseException | None = None
@@ -196,7 +190,7 @@ class Feeder(threading.Thread):
 
     def _producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **client_kwargs(self.settings), acks="all", enable_idempotence=True, linger_ms=5
         )
 
     async def _run(self) -> None:
@@ -267,19 +261,23 @@ class MixedProducers:
       engine that pins one site to one partition).
 
     :meth:`send` produces a list of (partitioner, key, value) and returns each message's
-    partition as the broker acknowledged it."""
+    partition as the broker acknowledged it. The librdkafka client connects in plaintext (the
+    suite's own broker); the aiokafka ones with the settings' TLS/SASL options."""
 
-    bootstrap: str
-    topic: str
-    partitions: int
+    settings: Settings
     seed: int = 0
 
     def __post_init__(self) -> None:
         import confluent_kafka  # test dependency (pyproject [dev])
 
+        self.topic, self.partitions = self.settings.topics.timelog, self.settings.partitions
         self._rng = random.Random(self.seed)
         self._rdkafka = confluent_kafka.Producer(
-            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5}
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+            }
         )
 
     def close(self) -> None:
@@ -323,7 +321,7 @@ class MixedProducers:
         self, items: Sequence[tuple[int, bytes, bytes, int | None]]
     ) -> list[tuple[int, int]]:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **client_kwargs(self.settings), acks="all", enable_idempotence=True, linger_ms=5
         )
         await producer.start()
         try:

@@ -212,7 +212,7 @@ def test_random_kill_9_under_steady_input(
         for w in list(workers):
             w.wait_ready()
         planned = size.kills * 12.0  # seconds of input: about one kill and recovery each
-        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / planned)
+        feeder = Feeder(stack.settings, events, len(events) / planned)
         feeder.start()
         close_sent = False
         timeouts = 0
@@ -291,7 +291,7 @@ def test_paused_worker_is_fenced(
         pause_for = 2.5 * settings.session_timeout_seconds
         steady = len(events) - 2 * backlog * size.pauses
         rate = steady / (size.pauses * (pause_for + 20))
-        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, rate, 20)
+        feeder = Feeder(stack.settings, events, rate, 20)
         feeder.start()
         paused, took_over_all = [], True
         for cycle in range(size.pauses):
@@ -352,7 +352,7 @@ def test_broker_restart_mid_stream(
             workers += [a, b]
             a.start()
             b.start()
-            feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / 40)
+            feeder = Feeder(stack.settings, events, len(events) / 40)
             feeder.start()
 
             def fed(n: float) -> Callable[[], bool]:
@@ -411,7 +411,7 @@ def test_mixed_producer_partitioners(
     groups: tuple[Partitioner | None, ...] = (*PARTITIONERS, None)  # None: a mix per event
     patient_group = {key: rng.choice(groups) for key, _ in events}
     workers: list[WorkerProcess] = []
-    producers = MixedProducers(stack.bootstrap, stack.topics.timelog, stack.partitions, seed=3)
+    producers = MixedProducers(stack.settings, seed=3)
     misplaced = 0
     used: dict[str, int] = dict.fromkeys(PARTITIONERS, 0)
     order: list[bytes] = []
@@ -471,7 +471,7 @@ def test_rolling_scale_up_and_down(
         workers.append(first)
         running.append(first)
         planned = 12.0 * len(size.scale_steps) + 6
-        feeder = Feeder(stack.bootstrap, stack.topics.timelog, events, len(events) / planned)
+        feeder = Feeder(stack.settings, events, len(events) / planned)
         feeder.start()
         time.sleep(3)
         for step, count in enumerate(size.scale_steps, start=1):

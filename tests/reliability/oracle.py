@@ -32,7 +32,12 @@ Envelope = dict[str, Any]
 PatientMonth = tuple[str, str, str]  # patient, practice, service month
 
 _ISSUE_FIELDS = ("revision", "closed_at", "close_trigger")
-_KINDS = {"threshold": "threshold", "billing_record": "billing_record", "rejected": "dlq"}
+_KINDS = {
+    "threshold": "threshold",
+    "billing_record": "billing_record",
+    "rejected": "dlq",
+    "status": "status",
+}
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Expected:
 def replay(inputs: Iterable[bytes], final_close: MonthCloseCommand) -> Expected:
     """``inputs`` in the order each patient's events were produced, then the final close."""
     tally = LocalTally()
-    out: dict[str, list[Envelope]] = {"threshold": [], "billing_record": [], "dlq": []}
+    out: dict[str, list[Envelope]] = {kind: [] for kind in _KINDS.values()}
     for offset, value in enumerate(inputs):
         for o in tally.feed(value, Source("replay", 0, offset)).outputs:
             out[_KINDS[o.kind]].append(json.loads(o.to_json()))
@@ -76,6 +81,7 @@ class Figures:
     dead_letters_expected: int = 0
     dead_letters_out: int = 0
     dead_letters_differ: int = 0
+    status_differ: int = 0
     tally_checked: int = 0
     tally_differ: int = 0
     recover_seconds: list[float] = field(default_factory=list)
@@ -90,6 +96,7 @@ class Figures:
         "thresholds_extra",
         "duplicate_ids_different_content",
         "dead_letters_differ",
+        "status_differ",
         "tally_differ",
     )
 
@@ -117,6 +124,7 @@ class Figures:
             f"duplicate ids with different content {self.duplicate_ids_different_content}",
             f"dead letters in {self.dead_letters_expected} / out {self.dead_letters_out}"
             f" (differ {self.dead_letters_differ})",
+            f"final status differing {self.status_differ}",
             f"/tally differing {self.tally_differ} of {self.tally_checked}",
             f"recovery {recovery}",
         ]
@@ -186,6 +194,17 @@ def minutes_by_month(records: Mapping[str, list[dict[str, Any]]]) -> dict[Patien
     return out
 
 
+def final_status(status: Sequence[Envelope]) -> dict[PatientMonth, dict[str, Any]]:
+    """The last tally status of each patient-month (the status topic's compacted view, read in
+    offset order), without ``revision`` (how often a closed month was re-issued)."""
+    out: dict[PatientMonth, dict[str, Any]] = {}
+    for env in status:
+        data = env["data"]
+        key = (data["patient_id"], data["practice_id"], data["service_month"])
+        out[key] = {k: v for k, v in data.items() if k != "revision"}
+    return out
+
+
 def dead_letters(dlq: Sequence[Envelope]) -> Counter[tuple[str, str]]:
     return Counter((d["data"]["reason"], d["data"]["original"]) for d in _unique(dlq))
 
@@ -233,6 +252,14 @@ def compare(
     figures.dead_letters_expected = sum(want_dlq.values())
     figures.dead_letters_out = sum(got_dlq.values())
     figures.dead_letters_differ = sum(((got_dlq - want_dlq) + (want_dlq - got_dlq)).values())
+
+    if "status" in stream:
+        got_status, want_status = final_status(stream["status"]), final_status(core["status"])
+        figures.status_differ = sum(
+            1
+            for key in got_status.keys() | want_status.keys()
+            if got_status.get(key) != want_status.get(key)
+        )
 
     if tally is not None:
         figures.tally_checked = len(tally)

@@ -103,6 +103,15 @@ def test_dead_letters_missing_or_extra() -> None:
     assert figures(stream, want).dead_letters_differ == 1
 
 
+def test_a_stale_final_status_counts() -> None:
+    want = replay(inputs(40, 30), FINAL)
+    stream = stream_of(want)
+    assert figures(stream, want).status_differ == 0
+    stale = copy.deepcopy(stream["status"][0])  # the first status (40 minutes) published last
+    stream["status"].append(stale)
+    assert figures(stream, want).status_differ == 1
+
+
 def test_stale_or_missing_tally_answers_count() -> None:
     want = replay([*inputs(40, 30), *inputs(20, patient="pat-2")], FINAL)
     tally: dict[str, Any] = {pid: {"months": m} for pid, m in want.summaries.items()}
@@ -127,8 +136,18 @@ def test_a_month_closed_mid_stream_agrees_with_replay_closing_at_the_end() -> No
         }
     )
     tally = LocalTally()
-    stream: dict[str, list[dict[str, Any]]] = {"threshold": [], "billing_record": [], "dlq": []}
-    kinds = {"threshold": "threshold", "billing_record": "billing_record", "rejected": "dlq"}
+    stream: dict[str, list[dict[str, Any]]] = {
+        "threshold": [],
+        "billing_record": [],
+        "dlq": [],
+        "status": [],
+    }
+    kinds = {
+        "threshold": "threshold",
+        "billing_record": "billing_record",
+        "rejected": "dlq",
+        "status": "status",
+    }
     closed_mid = False
     for i, e in enumerate(events):
         outs = []

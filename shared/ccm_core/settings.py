@@ -20,6 +20,7 @@ class Topics(BaseSettings):
     threshold: str = "ccm.threshold.v1"
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
+    enrollment: str = "ccm.enrollment.v1"  # input: consent, eligibility, other codes billed
 
     def output_topic(self, kind: str) -> str:
         """The topic of an output of ``kind`` (``ccm_core.tally.Output.kind``).
@@ -43,6 +44,7 @@ class Topics(BaseSettings):
             threshold=f"{prefix}.threshold",
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
+            enrollment=f"{prefix}.enrollment",
         )
 
 

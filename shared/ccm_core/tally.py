@@ -32,13 +32,26 @@ from typing import Any, Literal, overload
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
     ENVELOPES,
+    EXCLUDING_CODES,
     OUTPUT_TYPES,
+    TIME_NOT_COUNTED_AGAIN_CODES,
     Activity,
     BillingLine,
     BillingRecord,
+    CodeBilled,
+    ConsentRecorded,
+    ConsentStatus,
+    ConsentWithdrawn,
+    EligibilityAttested,
+    EligibilityStatus,
+    Enrollment,
+    EnrollmentEvent,
+    HoldReason,
     LogLine,
     MonthCloseCommand,
     MonthSummary,
+    OtherCodeLine,
+    OtherPractice,
     Outcome,
     OutputEnvelope,
     Reason,
@@ -77,7 +90,7 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp() // 1)
 
 
-def fingerprint(event: TimeLogged | TimeLogVoided) -> str:
+def fingerprint(event: TimeLogged | TimeLogVoided | EnrollmentEvent) -> str:
     """Content hash: same id + same fingerprint = identical redelivery."""
     return hashlib.blake2b(event.model_dump_json().encode(), digest_size=8).hexdigest()
 
@@ -246,6 +259,30 @@ NO_ARCHIVE: Mapping[MonthKey, int] = MappingProxyType({})
 
 
 @dataclass(slots=True)
+class EnrollmentEntry:
+    """One accepted enrollment event (consent, eligibility, other code billed)."""
+
+    event_id: str
+    fingerprint: str  # content hash of the event
+    kind: str  # the event_type
+    practice_id: str
+    day: str | None = None  # consent / withdrawal date, ISO (consent events)
+    month: str | None = None  # service month (attestations, codes billed)
+    eligible: bool | None = None  # attestations: all criteria met
+    code: str | None = None  # codes billed
+    log_ids: tuple[str, ...] = ()  # codes billed: time logs never counted again
+    recorded_at: int = 0
+
+    def consent_key(self) -> tuple[str, int, bool, str]:
+        """Order of consent events: effective date, then recorded, a withdrawal after a consent
+        recorded at the same moment, then event id: the last one is in force."""
+        return self.day or "", self.recorded_at, self.kind == "consent_withdrawn", self.event_id
+
+
+NO_ENROLLMENT: Mapping[str, EnrollmentEntry] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class PatientLedger:
     """All the state of one patient: the table value of the streaming worker."""
 
@@ -257,6 +294,17 @@ class PatientLedger:
     # months archived after their filing window (see TallyEngine.prune) -> last revision issued;
     # most ledgers have none: they share one empty read-only mapping (64 bytes saved each)
     archived: Mapping[MonthKey, int] = field(default_factory=lambda: NO_ARCHIVE)
+    # enrollment events (ccm.enrollment.v1) by event id; shared empty mapping until the first
+    enrollment: Mapping[str, EnrollmentEntry] = field(default_factory=lambda: NO_ENROLLMENT)
+
+    def billed_logs(self) -> dict[str, str]:
+        """Log id -> the code its time was billed under (never counted again)."""
+        out: dict[str, str] = {}
+        for entry in sorted(self.enrollment.values(), key=lambda e: e.event_id):
+            if entry.code in TIME_NOT_COUNTED_AGAIN_CODES:
+                for log_id in entry.log_ids:
+                    out.setdefault(log_id, entry.code)
+        return out
 
     def month_of_log(self, event_id: str) -> MonthKey | None:
         """The patient-month holding a log id (a patient has few months: a scan is cheap and
@@ -265,6 +313,23 @@ class PatientLedger:
             if event_id in month.logs:
                 return key
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A month's billing standing as things stand: level, date of service and holds."""
+
+    level: int
+    date_of_service: date | None
+    holds: list[HoldReason]
+    enrollment: Enrollment
+    single_biller: bool
+    billing_practice_id: str | None
+    others: list[OtherPractice]
+
+    @property
+    def billable(self) -> bool:
+        return self.level >= 1 and not self.holds
 
 
 @dataclass(slots=True)
@@ -311,7 +376,9 @@ class TallyEngine:
 
     # ---------------------------------------------------------------- inputs
 
-    def apply(self, ledger: PatientLedger, event: TimeLogged | TimeLogVoided) -> Result:
+    def apply(
+        self, ledger: PatientLedger, event: TimeLogged | TimeLogVoided | EnrollmentEvent
+    ) -> Result:
         """Apply one validated input event to its patient's ledger (mutated in place)."""
         if event.patient_id != ledger.patient_id:
             return self._reject(
@@ -319,7 +386,9 @@ class TallyEngine:
             )
         if isinstance(event, TimeLogged):
             return self._apply_log(ledger, event)
-        return self._apply_void(ledger, event)
+        if isinstance(event, TimeLogVoided):
+            return self._apply_void(ledger, event)
+        return self._apply_enrollment(ledger, event)
 
     def _apply_log(self, ledger: PatientLedger, event: TimeLogged) -> Result:
         eid = event.event_id
@@ -339,6 +408,10 @@ class TallyEngine:
         if eid in ledger.voids:
             return self._reject(
                 Reason.EVENT_ID_CONFLICT, "event_id was already used by a void", eid
+            )
+        if eid in ledger.enrollment:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by an enrollment event", eid
             )
 
         profile = self.config.profiles.get(event.payer)
@@ -399,7 +472,10 @@ class TallyEngine:
             licensed=event.licensed,
             activity=event.activity,
             agency_contacted=shared(event.agency_contacted),
-            excluded_by=shared(profile.exclusion_rule(event.role, event.licensed, event.activity)),
+            excluded_by=shared(
+                profile.exclusion_rule(event.role, event.licensed, event.activity)
+                or self._billed_rule(ledger, eid)
+            ),
         )
         tally.logs[eid] = entry
         outputs: list[Output] = []
@@ -419,8 +495,8 @@ class TallyEngine:
         else:
             outcome, detail = Outcome.COUNTED, ""
             tally.add_interval(start, end)
-            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
-        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+            outputs += self._thresholds(ledger, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue_related(ledger, key, event.recorded_at)
         return Result(outcome, outputs, detail=detail, month=key)
 
     def _apply_void(self, ledger: PatientLedger, event: TimeLogVoided) -> Result:
@@ -439,6 +515,10 @@ class TallyEngine:
             )
         if ledger.month_of_log(eid) is not None:
             return self._reject(Reason.EVENT_ID_CONFLICT, "event_id was already used by a log", eid)
+        if eid in ledger.enrollment:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by an enrollment event", eid
+            )
         target = event.voided_event_id
         if target in ledger.voids:
             return self._reject(
@@ -480,8 +560,8 @@ class TallyEngine:
         if was_counted:
             tally.recount()
             profile = self._profile_of(tally)
-            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
-        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+            outputs += self._thresholds(ledger, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue_related(ledger, key, event.recorded_at)
         return Result(Outcome.VOIDED, outputs, detail=f"voided:{target}", month=key)
 
     @staticmethod
@@ -505,6 +585,261 @@ class TallyEngine:
         if recorded + practice.clock_skew_minutes * 60 < end:
             return (Reason.RECORDED_BEFORE_SERVICE, "recorded_at is before the end of the work")
         return None
+
+    # ---------------------------------------------------------------- enrollment (rules 7, 8)
+
+    @staticmethod
+    def _billed_rule(ledger: PatientLedger, event_id: str) -> str | None:
+        """``billed_under:<code>`` when the log's time was billed under another code."""
+        if not ledger.enrollment:
+            return None
+        code = ledger.billed_logs().get(event_id)
+        return None if code is None else f"billed_under:{code}"
+
+    def _apply_enrollment(self, ledger: PatientLedger, event: EnrollmentEvent) -> Result:
+        """Store a consent, eligibility or other-code event; re-issue closed months it changes.
+
+        The enrollment state is a set of events evaluated when a record or threshold event is
+        made, so the order in which enrollment and time-log events arrive does not change the
+        final record."""
+        eid = event.event_id
+        fp = fingerprint(event)
+        seen = ledger.enrollment.get(eid)
+        if seen is not None:
+            if seen.fingerprint == fp:
+                return Result(Outcome.DUPLICATE, [])
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT,
+                "event_id was already used for an enrollment event with different content",
+                eid,
+            )
+        if ledger.month_of_log(eid) is not None or eid in ledger.voids:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by a log or void", eid
+            )
+        entry = EnrollmentEntry(
+            event_id=eid,
+            fingerprint=fp,
+            kind=event.event_type,
+            practice_id=event.practice_id,
+            recorded_at=epoch(event.recorded_at),
+        )
+        if isinstance(event, ConsentRecorded):
+            entry.day = event.consent_date.isoformat()
+        elif isinstance(event, ConsentWithdrawn):
+            entry.day = event.withdrawn_date.isoformat()
+        elif isinstance(event, EligibilityAttested):
+            entry.month, entry.eligible = event.service_month, event.eligible
+        else:
+            assert isinstance(event, CodeBilled)
+            entry.month, entry.code = event.service_month, event.code
+            entry.log_ids = tuple(sorted(set(event.time_log_ids)))
+        if not isinstance(ledger.enrollment, dict):
+            ledger.enrollment = {}
+        ledger.enrollment[eid] = entry
+        at = event.recorded_at
+        outputs: list[Output] = []
+        if entry.code in TIME_NOT_COUNTED_AGAIN_CODES:
+            for log_id in entry.log_ids:
+                key = ledger.month_of_log(log_id)
+                if key is None:
+                    continue  # the log comes later: it arrives excluded
+                tally = ledger.months[key]
+                log_entry = tally.logs[log_id]
+                if log_entry.excluded_by is not None:
+                    continue  # already excluded by a profile rule, or billed under a code
+                log_entry.excluded_by = shared(f"billed_under:{entry.code}")
+                if log_entry.voided_by is None:
+                    tally.recount()
+                    outputs += self._thresholds(ledger, tally, self._profile_of(tally), eid, at)
+        for tally in ledger.months.values():
+            if tally.closed:
+                outputs += self._issue(ledger, tally, at, "late_event")
+        return Result(Outcome.RECORDED, outputs, detail=event.event_type)
+
+    def _reissue_related(self, ledger: PatientLedger, key: MonthKey, at: datetime) -> list[Output]:
+        """Re-issue the changed month if closed, and the closed records of other practices of
+        the same patient and month (their single-biller standing may have changed)."""
+        outputs: list[Output] = []
+        for other_key, tally in ledger.months.items():
+            if tally.closed and other_key[1] == key[1]:
+                outputs += self._issue(ledger, tally, at, "late_event")
+        return outputs
+
+    def _consent(
+        self, ledger: PatientLedger, practice_id: str, on: date
+    ) -> tuple[Literal["active", "withdrawn", "none"], str | None]:
+        day = on.isoformat()
+        latest: EnrollmentEntry | None = None
+        for e in ledger.enrollment.values():
+            if (
+                e.kind in ("consent_recorded", "consent_withdrawn")
+                and e.practice_id == practice_id
+                and (e.day or "") <= day
+                and (latest is None or e.consent_key() > latest.consent_key())
+            ):
+                latest = e
+        if latest is None:
+            return "none", None
+        status: Literal["active", "withdrawn"] = (
+            "active" if latest.kind == "consent_recorded" else "withdrawn"
+        )
+        return status, latest.event_id
+
+    @staticmethod
+    def _eligibility(
+        ledger: PatientLedger, practice_id: str, month: str
+    ) -> tuple[Literal["eligible", "not_eligible", "not_attested"], str | None]:
+        latest: EnrollmentEntry | None = None
+        for e in ledger.enrollment.values():
+            if (
+                e.kind == "eligibility_attested"
+                and e.practice_id == practice_id
+                and e.month == month
+                and (
+                    latest is None
+                    or (e.recorded_at, e.event_id) > (latest.recorded_at, latest.event_id)
+                )
+            ):
+                latest = e
+        if latest is None:
+            return "not_attested", None
+        return ("eligible" if latest.eligible else "not_eligible"), latest.event_id
+
+    def _own_standing(
+        self, ledger: PatientLedger, tally: MonthTally
+    ) -> tuple[int, date | None, list[HoldReason], Enrollment]:
+        """Level, date of service, and what holds the month by its own enrollment data."""
+        profile = self._profile_of(tally)
+        practice = self.config.practice(tally.practice_id) or self.config.default_practice
+        level = profile.level_for(tally.qualifying_minutes)
+        dos: date | None = None
+        if level >= 1:
+            dos = (
+                last_day(tally.service_month)
+                if practice.date_of_service_policy == "last_day_of_month"
+                else self._threshold_met_date(tally, profile)
+            )
+        checked_on = dos or last_day(tally.service_month)
+        consent, consent_id = self._consent(ledger, tally.practice_id, checked_on)
+        eligibility, attestation_id = self._eligibility(
+            ledger, tally.practice_id, tally.service_month
+        )
+        requirements = sorted(profile.enrollment_requirements) if practice.enrollment_feed else []
+        codes = sorted(
+            (e for e in ledger.enrollment.values() if e.code and e.month == tally.service_month),
+            key=lambda e: e.event_id,
+        )
+        holds: list[HoldReason] = []
+        if "consent" in requirements and consent != "active":
+            holds.append(HoldReason.NO_CONSENT)
+        if "eligibility" in requirements and eligibility == "not_attested":
+            holds.append(HoldReason.NOT_ATTESTED)
+        if "eligibility" in requirements and eligibility == "not_eligible":
+            holds.append(HoldReason.NOT_ELIGIBLE)
+        if any(e.code in EXCLUDING_CODES for e in codes):
+            holds.append(HoldReason.EXCLUDING_CODE_BILLED)
+        enrollment = Enrollment(
+            feed=practice.enrollment_feed,
+            requirements=requirements,
+            consent=ConsentStatus(status=consent, checked_on=checked_on, event_id=consent_id),
+            eligibility=EligibilityStatus(status=eligibility, event_id=attestation_id),
+            other_codes=[
+                OtherCodeLine(
+                    event_id=e.event_id,
+                    code=e.code or "",
+                    practice_id=e.practice_id,
+                    effect="excludes_month" if e.code in EXCLUDING_CODES else "time_not_counted",
+                    time_log_ids=list(e.log_ids),
+                )
+                for e in codes
+            ],
+        )
+        return level, dos, holds, enrollment
+
+    def assess(self, ledger: PatientLedger, tally: MonthTally) -> Standing:
+        """Whether a month is billable as things stand, and what holds it (rules 7 and 8)."""
+        level, dos, holds, enrollment = self._own_standing(ledger, tally)
+        profile = self._profile_of(tally)
+        others: list[OtherPractice] = []
+        candidates: list[tuple[bool, int, str]] = []  # (no consent, threshold met, practice)
+        if level >= 1 and not holds:
+            met = self._threshold_met_epoch(tally, profile)
+            candidates.append((enrollment.consent.status != "active", met, tally.practice_id))
+        for key, other in ledger.months.items():
+            if key[1] != tally.service_month or other is tally:
+                continue
+            o_level, _, o_holds, o_enrollment = self._own_standing(ledger, other)
+            if o_level >= 1 and not o_holds:
+                met = self._threshold_met_epoch(other, self._profile_of(other))
+                candidates.append((o_enrollment.consent.status != "active", met, key[0]))
+            others.append(
+                OtherPractice(
+                    practice_id=key[0],
+                    qualifying_minutes=other.qualifying_minutes,
+                    reached_entry=o_level >= 1,
+                    billable=False,  # set below
+                )
+            )
+        chosen = min(candidates)[2] if candidates else None
+        eligible = {c[2] for c in candidates}
+        if profile.single_biller:
+            if level >= 1 and not holds and chosen != tally.practice_id:
+                holds = [*holds, HoldReason.OTHER_PRACTICE_BILLS]
+            others = [o.model_copy(update={"billable": o.practice_id == chosen}) for o in others]
+        else:
+            chosen = None
+            others = [o.model_copy(update={"billable": o.practice_id in eligible}) for o in others]
+        return Standing(
+            level=level,
+            date_of_service=dos,
+            holds=holds,
+            enrollment=enrollment,
+            single_biller=profile.single_biller,
+            billing_practice_id=chosen,
+            others=sorted(others, key=lambda o: o.practice_id),
+        )
+
+    @staticmethod
+    def _threshold_met_epoch(tally: MonthTally, profile: PayerProfile) -> int:
+        """The instant (service time) the month's union of intervals reached entry minutes."""
+        need = profile.entry_minutes * 60
+        done = 0
+        for start, end in merged(tally.intervals):
+            if done + (end - start) >= need:
+                return start + (need - done)
+            done += end - start
+        return sys.maxsize
+
+    # ---------------------------------------------------------------- unreadable logs (rule 6)
+
+    def list_unreadable(
+        self,
+        ledger: PatientLedger,
+        practice_id: str,
+        start: datetime,
+        payer: str | None,
+        event_id: str,
+        reason: Reason,
+        message: str,
+        at: datetime,
+    ) -> list[Output]:
+        """List a log that failed validation on its month's record (rules 6), when its patient,
+        practice and start are readable: the month must be open already, or the payer named
+        must be a configured profile (a record needs one). A closed month is re-issued."""
+        practice = self.config.practice(practice_id)
+        if practice is None:
+            return []
+        key: MonthKey = (practice_id, local_month_of_epoch(epoch(start), practice.time_zone))
+        if key in ledger.archived:
+            return []
+        if key not in ledger.months:
+            profile = self.config.profiles.get(payer) if payer else None
+            if profile is None or payer is None:
+                return []
+            opened = self._month(ledger, key, payer, profile, practice)
+            opened.payer_fixed = False
+        return self._reject_in_month(ledger, key, event_id, reason, message, at).outputs
 
     # ---------------------------------------------------------------- months and thresholds
 
@@ -536,18 +871,20 @@ class TallyEngine:
 
     def _thresholds(
         self,
-        patient_id: str,
+        ledger: PatientLedger,
         tally: MonthTally,
         profile: PayerProfile,
         trigger: str,
         at: datetime,
     ) -> list[Output]:
         """Threshold events for a change of level: reached upwards, revoked downwards."""
+        patient_id = ledger.patient_id
         new = profile.level_for(tally.qualifying_minutes)
         old = tally.level
         if new == old:
             return []
         tally.level = new
+        standing = self.assess(ledger, tally)
         if new > old:
             changes = [("reached", lvl) for lvl in range(old + 1, new + 1)]
         else:
@@ -571,6 +908,8 @@ class TallyEngine:
                 triggering_event_id=trigger,
                 occurrence=occurrence,
                 month_closed=tally.closed,
+                billable=standing.billable,
+                hold_reasons=standing.holds,
             )
             oid = stable_id(
                 "threshold",
@@ -599,7 +938,7 @@ class TallyEngine:
         for key, tally in ledger.months.items():
             if tally.closed or not self._targets(command, key, tally):
                 continue
-            outputs += self._issue(ledger.patient_id, tally, command.as_of, trigger)
+            outputs += self._issue(ledger, tally, command.as_of, trigger)
         return outputs
 
     def _targets(self, command: MonthCloseCommand, key: MonthKey, tally: MonthTally) -> bool:
@@ -614,7 +953,7 @@ class TallyEngine:
         outputs: list[Output] = []
         for tally in ledger.months.values():
             if not tally.closed:
-                outputs += self._issue(ledger.patient_id, tally, as_of, "replay")
+                outputs += self._issue(ledger, tally, as_of, "replay")
         return outputs
 
     def retention_deadline(self, tally: MonthTally) -> datetime:
@@ -646,19 +985,20 @@ class TallyEngine:
             archived += 1
         return archived
 
-    def _reissue(self, patient_id: str, tally: MonthTally, at: datetime) -> list[Output]:
+    def _reissue(self, ledger: PatientLedger, tally: MonthTally, at: datetime) -> list[Output]:
         """A closed month that changed is re-issued as a new revision."""
         if not tally.closed:
             return []
-        return self._issue(patient_id, tally, at, "late_event")
+        return self._issue(ledger, tally, at, "late_event")
 
     def _issue(
-        self, patient_id: str, tally: MonthTally, at: datetime, trigger: CloseTrigger
+        self, ledger: PatientLedger, tally: MonthTally, at: datetime, trigger: CloseTrigger
     ) -> list[Output]:
+        patient_id = ledger.patient_id
         # The digest covers the content only: a re-issue happens when the content changed.
         draft = BillingRecord.model_validate(
             {
-                **self.record_body(patient_id, tally),
+                **self.record_body(patient_id, tally, ledger),
                 "revision": 0,
                 "close_trigger": "replay",
                 "closed_at": _EPOCH,
@@ -676,24 +1016,24 @@ class TallyEngine:
         subject = f"{patient_id}/{tally.practice_id}/{tally.service_month}"
         return [Output("billing_record", patient_id, envelope(record, oid, subject, at))]
 
-    def record_body(self, patient_id: str, tally: MonthTally) -> dict[str, object]:
-        """Everything a billing record says about a month, except revision and close data."""
+    def record_body(
+        self, patient_id: str, tally: MonthTally, ledger: PatientLedger | None = None
+    ) -> dict[str, object]:
+        """Everything a billing record says about a month, except revision and close data.
+
+        ``ledger`` (the patient's) brings the enrollment events and the other practices of the
+        month; without it the record is judged on the month alone."""
         profile = self._profile_of(tally)
         practice = self.config.practice(tally.practice_id) or self.config.default_practice
-        level = profile.level_for(tally.qualifying_minutes)
+        standing = self.assess(ledger or PatientLedger(patient_id, months={}), tally)
+        level = standing.level
         lines = []
         if level >= 1:
             lines.append(BillingLine(code=profile.entry_code, units=1))
         if level >= 2:
             lines.append(BillingLine(code=profile.addon_code, units=level - 1))
         policy = practice.date_of_service_policy
-        dos = None
-        if level >= 1:
-            dos = (
-                last_day(tally.service_month)
-                if policy == "last_day_of_month"
-                else self._threshold_met_date(tally, profile)
-            )
+        dos = standing.date_of_service
         counted = [e for e in tally.logs.values() if e.counted]
         counted_minutes = sum(e.end - e.start for e in counted) // 60
         by_rule_seconds: dict[str, int] = {}
@@ -717,8 +1057,14 @@ class TallyEngine:
             "time_zone": tally.time_zone,
             "payer": tally.payer,
             "profile_version": tally.profile_version,
-            "billable": level >= 1,
-            "lines": lines,
+            "billable": standing.billable,
+            "lines": lines if standing.billable else [],
+            "held_lines": [] if standing.billable else lines,
+            "hold_reasons": standing.holds,
+            "enrollment": standing.enrollment,
+            "single_biller": standing.single_biller,
+            "billing_practice_id": standing.billing_practice_id,
+            "other_practices": standing.others,
             "date_of_service": dos,
             "date_of_service_policy": policy,
             "qualifying_minutes": tally.qualifying_minutes,
@@ -803,7 +1149,7 @@ class TallyEngine:
         outputs: list[Output] = []
         if line not in tally.rejected:
             tally.rejected.append(line)
-            outputs = self._reissue(ledger.patient_id, tally, at)
+            outputs = self._reissue(ledger, tally, at)
         result = self._reject(reason, message, event_id)
         return Result(result.outcome, outputs, reason, message, event_id, key)
 

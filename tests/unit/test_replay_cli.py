@@ -218,7 +218,9 @@ def test_replay_is_deterministic(replay: subprocess.CompletedProcess[str]) -> No
 def test_replay_out_file_and_as_of(tmp_path: Path) -> None:
     """Replay --out writes the outputs to a file; --as-of sets the close time."""
     out = tmp_path / "out.jsonl"
-    result = run_cli("replay", SAMPLE, *NO_FEED, "--out", out, "--as-of", "2026-04-06T12:00:00+00:00")
+    result = run_cli(
+        "replay", SAMPLE, *NO_FEED, "--out", out, "--as-of", "2026-04-06T12:00:00+00:00"
+    )
     assert result.stdout == ""
     assert_summary(result.stderr)
     records = [

@@ -11,7 +11,6 @@ import pytest
 from ccm_core import codec
 from ccm_core.config import CoreConfig, PracticeSettings
 from ccm_core.contracts import (
-    TIME_NOT_COUNTED_AGAIN_CODES,
     BillingLine,
     HoldReason,
     Outcome,
@@ -39,9 +38,20 @@ from tests.unit.unit_helpers import (
 
 OTHER = "prac-2"
 # rules section 7, written out here rather than read from the code under test
-RULES_TIME_NOT_COUNTED_AGAIN = (
-    "99491 99437 99424 99425 99426 99427 99484 99492 99493 99494 99495 99496".split()
-)
+RULES_TIME_NOT_COUNTED_AGAIN = [
+    "99491",
+    "99437",
+    "99424",
+    "99425",
+    "99426",
+    "99427",
+    "99484",
+    "99492",
+    "99493",
+    "99494",
+    "99495",
+    "99496",
+]
 
 
 def gated() -> Harness:

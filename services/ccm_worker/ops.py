@@ -18,8 +18,9 @@ from ccm_core.settings import Settings
 
 
 async def committed_lag(settings: Settings) -> int:
-    """Input messages (time logs and close commands) the worker group has not committed yet."""
-    topics = [settings.topics.timelog, settings.topics.month_close]
+    """Input messages (time logs, enrollment events and close commands) the worker group has
+    not committed yet."""
+    topics = [settings.topics.timelog, settings.topics.enrollment, settings.topics.month_close]
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await consumer.start()

@@ -1,9 +1,10 @@
 """``ccm-tally schema export``: the JSON Schemas of the wire formats.
 
-``jsonschema`` is not installed, so the exported files are checked with a small validator
-covering the keywords pydantic emits here, and the sample events are also checked with the
-pydantic models themselves. The validator is tested against known-bad payloads so that it is
-not vacuous.
+The time-log formats are checked with a small validator covering the keywords pydantic emits
+here (written before ``jsonschema`` was a test dependency), the enrollment feed with the
+``jsonschema`` library; the sample events are also checked with the pydantic models
+themselves. The small validator is tested against known-bad payloads so that it is not
+vacuous.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from ccm_core.contracts import INPUT_ADAPTER, Activity, Role, TimeLogged
 from ccm_core.schemas import all_schemas
@@ -220,8 +222,6 @@ def test_schema_enrollment_feed_and_close_lines_of_the_compliance_example_valida
     """Rule 7: every enrollment event of the example matches ``enrollment_input.v1`` (checked
     with the jsonschema library), every close line ``month_close_command.v1``; an excluding
     code outside the list, a bad month and an unknown event type do not."""
-    from jsonschema import Draft202012Validator
-
     enrollment = Draft202012Validator(exported["enrollment_input.v1"])
     close = Draft202012Validator(exported["month_close_command.v1"])
     kinds = set()
@@ -253,8 +253,6 @@ def test_schema_enrollment_feed_and_close_lines_of_the_compliance_example_valida
 
 def test_schema_compliance_replay_outputs_validate(exported: dict[str, dict[str, Any]]) -> None:
     """The records with holds, enrollment and other practices match ``billing_record.v1``."""
-    from jsonschema import Draft202012Validator
-
     script = Path(sys.executable).parent / "ccm-tally"
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "ccm_cli.main"]
     result = subprocess.run(

@@ -18,7 +18,7 @@ def test_demo_summary_shows_held_months_and_their_reasons() -> None:
     with EXAMPLE.open("rb") as lines:
         for o in tally.feed_lines(lines):
             outputs[names[o.kind]].append(json.loads(o.to_json()))
-    text = summarize(outputs, "http://metrics")  # type: ignore[arg-type]
+    text = summarize(outputs, "http://metrics")
     rows = {line[:31].strip(): line[31:].strip() for line in text.splitlines() if line[:2] == "  "}
     # 7 patient-months; latest revisions: 5 billable, P-TWO-01 at lakeside (other practice
     # bills) and P-EXCL-01 (99490 billed) held, none short of the entry time

@@ -554,6 +554,8 @@ class MonthSummary(_Wire):
     next_threshold: str | None = Field(description="e.g. '99489 unit 2'; None at the cap.")
     minutes_to_next_threshold: int | None
     logs: int
+    billable: bool = Field(default=False, description="Billable as things stand.")
+    hold_reasons: list[HoldReason] = Field(default_factory=list)
     closed: bool
     revision: int | None
 

@@ -297,15 +297,6 @@ class PatientLedger:
     # enrollment events (ccm.enrollment.v1) by event id; shared empty mapping until the first
     enrollment: Mapping[str, EnrollmentEntry] = field(default_factory=lambda: NO_ENROLLMENT)
 
-    def billed_logs(self) -> dict[str, str]:
-        """Log id -> the code its time was billed under (never counted again)."""
-        out: dict[str, str] = {}
-        for entry in sorted(self.enrollment.values(), key=lambda e: e.event_id):
-            if entry.code in TIME_NOT_COUNTED_AGAIN_CODES:
-                for log_id in entry.log_ids:
-                    out.setdefault(log_id, entry.code)
-        return out
-
     def month_of_log(self, event_id: str) -> MonthKey | None:
         """The patient-month holding a log id (a patient has few months: a scan is cheap and
         saves an index entry per log)."""
@@ -416,12 +407,26 @@ class TallyEngine:
 
         profile = self.config.profiles.get(event.payer)
         if profile is None:
-            return self._reject(
-                Reason.UNKNOWN_PAYER_PROFILE,
+            message = (
                 f"payer profile '{event.payer}' is not configured "
-                f"(known: {', '.join(self.config.profiles.names())})",
-                eid,
+                f"(known: {', '.join(self.config.profiles.names())})"
             )
+            practice = self.config.practice(event.practice_id)
+            if practice is not None:  # rules 6: listed on the month's record when it exists
+                at_month: MonthKey = (
+                    event.practice_id,
+                    local_month_of_epoch(int(event.start.timestamp()), practice.time_zone),
+                )
+                if at_month in ledger.months:
+                    return self._reject_in_month(
+                        ledger,
+                        at_month,
+                        eid,
+                        Reason.UNKNOWN_PAYER_PROFILE,
+                        message,
+                        event.recorded_at,
+                    )
+            return self._reject(Reason.UNKNOWN_PAYER_PROFILE, message, eid)
         practice = self.config.practice(event.practice_id)
         if practice is None:
             return self._reject(Reason.UNKNOWN_PRACTICE, "practice_id is not configured", eid)
@@ -591,10 +596,15 @@ class TallyEngine:
     @staticmethod
     def _billed_rule(ledger: PatientLedger, event_id: str) -> str | None:
         """``billed_under:<code>`` when the log's time was billed under another code."""
-        if not ledger.enrollment:
-            return None
-        code = ledger.billed_logs().get(event_id)
-        return None if code is None else f"billed_under:{code}"
+        found = min(
+            (
+                (e.event_id, e.code)
+                for e in ledger.enrollment.values()
+                if e.code in TIME_NOT_COUNTED_AGAIN_CODES and event_id in e.log_ids
+            ),
+            default=None,
+        )
+        return None if found is None else f"billed_under:{found[1]}"
 
     def _apply_enrollment(self, ledger: PatientLedger, event: EnrollmentEvent) -> Result:
         """Store a consent, eligibility or other-code event; re-issue closed months it changes.
@@ -646,10 +656,14 @@ class TallyEngine:
                     continue  # the log comes later: it arrives excluded
                 tally = ledger.months[key]
                 log_entry = tally.logs[log_id]
-                if log_entry.excluded_by is not None:
-                    continue  # already excluded by a profile rule, or billed under a code
-                log_entry.excluded_by = shared(f"billed_under:{entry.code}")
-                if log_entry.voided_by is None:
+                was_counted = log_entry.counted
+                if log_entry.excluded_by is not None and not log_entry.excluded_by.startswith(
+                    "billed_under:"
+                ):
+                    continue  # a profile rule excludes it already, and names itself
+                # the code of the lowest event id names the rule, whatever the arrival order
+                log_entry.excluded_by = shared(self._billed_rule(ledger, log_id))
+                if was_counted and log_entry.voided_by is None:
                     tally.recount()
                     outputs += self._thresholds(ledger, tally, self._profile_of(tally), eid, at)
         for tally in ledger.months.values():
@@ -1109,6 +1123,8 @@ class TallyEngine:
                     if at_cap
                     else profile.threshold_minutes(level + 1) - tally.qualifying_minutes,
                     logs=len(tally.logs),
+                    billable=(standing := self.assess(ledger, tally)).billable,
+                    hold_reasons=standing.holds,
                     closed=tally.closed,
                     revision=tally.revision if tally.closed else None,
                 )

@@ -464,3 +464,29 @@ def test_rule_8_profile_parameter_decides() -> None:
     config = CoreConfig(default_practice=PracticeSettings(enrollment_feed=False))
     shipped = config.profiles.profiles
     assert shipped["cms"].single_biller and not shipped["bcbsm"].single_biller
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_rule_7_a_log_billed_under_two_codes_names_one_rule_whatever_the_order(order: int) -> None:
+    logs = daily_logs(60, chunk=30)
+    first = code_billed("code-a", "99495", log_ids=[logs[0]["event_id"]])
+    second = code_billed("code-b", "99491", log_ids=[logs[0]["event_id"]])
+    sequences = [[*logs, first, second], [second, *logs, first], [second, first, *logs]]
+    harness = gated()
+    harness.feed(*enrolled(), *sequences[order])
+    harness.close()
+    assert harness.record().excluded_minutes_by_rule == {"billed_under:99495": 30}
+
+
+def test_rule_7_lookup_summary_says_whether_billable_as_things_stand() -> None:
+    harness = gated()
+    harness.feed(*daily_logs(60))
+    ledger = harness.local.ledgers["pat-1"]
+    [summary] = harness.engine.summaries(ledger)
+    assert (summary.billable, summary.hold_reasons) == (
+        False,
+        [HoldReason.NO_CONSENT, HoldReason.NOT_ATTESTED],
+    )
+    harness.feed(*enrolled())
+    [summary] = harness.engine.summaries(ledger)
+    assert summary.billable and summary.hold_reasons == []

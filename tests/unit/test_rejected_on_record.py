@@ -118,3 +118,14 @@ def test_rule_6_rejected_listing_message_never_echoes_free_text() -> None:
     harness.close()
     [line] = harness.record().rejected
     assert "Jane" not in line.message and "private" not in line.message
+
+
+def test_rule_6_unknown_payer_profile_is_listed_on_an_open_month() -> None:
+    harness = Harness()
+    harness.feed(log("ok", local(10), 60))
+    result = harness.feed_one(log("odd", local(11), 20, payer="acme"))
+    assert result.reason is Reason.UNKNOWN_PAYER_PROFILE
+    harness.close()
+    assert [(r.event_id, r.reason) for r in harness.record().rejected] == [
+        ("odd", Reason.UNKNOWN_PAYER_PROFILE)
+    ]

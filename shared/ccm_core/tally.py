@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import MappingProxyType
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
@@ -306,6 +306,22 @@ class PatientLedger:
         return None
 
 
+class _Own(NamedTuple):
+    """A month judged on its own: level, dates, the enrollment facts and its own holds."""
+
+    level: int
+    dos: date | None
+    checked_on: date
+    consent: Literal["active", "withdrawn", "none"]
+    consent_id: str | None
+    eligibility: Literal["eligible", "not_eligible", "not_attested"]
+    attestation_id: str | None
+    requirements: list[Literal["consent", "eligibility"]]
+    codes: list[EnrollmentEntry]
+    holds: list[HoldReason]
+    feed: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Standing:
     """A month's billing standing as things stand: level, date of service and holds."""
@@ -313,7 +329,7 @@ class Standing:
     level: int
     date_of_service: date | None
     holds: list[HoldReason]
-    enrollment: Enrollment
+    enrollment: Enrollment | None  # None when assessed without detail
     single_biller: bool
     billing_practice_id: str | None
     others: list[OtherPractice]
@@ -720,9 +736,7 @@ class TallyEngine:
             return "not_attested", None
         return ("eligible" if latest.eligible else "not_eligible"), latest.event_id
 
-    def _own_standing(
-        self, ledger: PatientLedger, tally: MonthTally
-    ) -> tuple[int, date | None, list[HoldReason], Enrollment]:
+    def _own_standing(self, ledger: PatientLedger, tally: MonthTally) -> _Own:
         """Level, date of service, and what holds the month by its own enrollment data."""
         profile = self._profile_of(tally)
         practice = self.config.practice(tally.practice_id) or self.config.default_practice
@@ -735,15 +749,24 @@ class TallyEngine:
                 else self._threshold_met_date(tally, profile)
             )
         checked_on = dos or last_day(tally.service_month)
-        consent, consent_id = self._consent(ledger, tally.practice_id, checked_on)
-        eligibility, attestation_id = self._eligibility(
-            ledger, tally.practice_id, tally.service_month
-        )
         requirements = sorted(profile.enrollment_requirements) if practice.enrollment_feed else []
-        codes = sorted(
-            (e for e in ledger.enrollment.values() if e.code and e.month == tally.service_month),
-            key=lambda e: e.event_id,
-        )
+        consent: Literal["active", "withdrawn", "none"] = "none"
+        eligibility: Literal["eligible", "not_eligible", "not_attested"] = "not_attested"
+        consent_id = attestation_id = None
+        codes: list[EnrollmentEntry] = []
+        if ledger.enrollment:  # most ledgers of a practice without a feed have none
+            consent, consent_id = self._consent(ledger, tally.practice_id, checked_on)
+            eligibility, attestation_id = self._eligibility(
+                ledger, tally.practice_id, tally.service_month
+            )
+            codes = sorted(
+                (
+                    e
+                    for e in ledger.enrollment.values()
+                    if e.code and e.month == tally.service_month
+                ),
+                key=lambda e: e.event_id,
+            )
         holds: list[HoldReason] = []
         if "consent" in requirements and consent != "active":
             holds.append(HoldReason.NO_CONSENT)
@@ -753,11 +776,29 @@ class TallyEngine:
             holds.append(HoldReason.NOT_ELIGIBLE)
         if any(e.code in EXCLUDING_CODES for e in codes):
             holds.append(HoldReason.EXCLUDING_CODE_BILLED)
-        enrollment = Enrollment(
-            feed=practice.enrollment_feed,
-            requirements=requirements,
-            consent=ConsentStatus(status=consent, checked_on=checked_on, event_id=consent_id),
-            eligibility=EligibilityStatus(status=eligibility, event_id=attestation_id),
+        return _Own(
+            level,
+            dos,
+            checked_on,
+            consent,
+            consent_id,
+            eligibility,
+            attestation_id,
+            requirements,
+            codes,
+            holds,
+            practice.enrollment_feed,
+        )
+
+    @staticmethod
+    def _enrollment(own: _Own) -> Enrollment:
+        return Enrollment(
+            feed=own.feed,
+            requirements=own.requirements,
+            consent=ConsentStatus(
+                status=own.consent, checked_on=own.checked_on, event_id=own.consent_id
+            ),
+            eligibility=EligibilityStatus(status=own.eligibility, event_id=own.attestation_id),
             other_codes=[
                 OtherCodeLine(
                     event_id=e.event_id,
@@ -766,27 +807,33 @@ class TallyEngine:
                     effect="excludes_month" if e.code in EXCLUDING_CODES else "time_not_counted",
                     time_log_ids=list(e.log_ids),
                 )
-                for e in codes
+                for e in own.codes
             ],
         )
-        return level, dos, holds, enrollment
 
-    def assess(self, ledger: PatientLedger, tally: MonthTally) -> Standing:
-        """Whether a month is billable as things stand, and what holds it (rules 7 and 8)."""
-        level, dos, holds, enrollment = self._own_standing(ledger, tally)
+    def assess(self, ledger: PatientLedger, tally: MonthTally, detail: bool = True) -> Standing:
+        """Whether a month is billable as things stand, and what holds it (rules 7 and 8).
+
+        ``detail=False`` (threshold events) skips the enrollment and other-practice details a
+        record carries."""
+        own = self._own_standing(ledger, tally)
+        level, dos, holds = own.level, own.dos, own.holds
         profile = self._profile_of(tally)
         others: list[OtherPractice] = []
         candidates: list[tuple[bool, int, str]] = []  # (no consent, threshold met, practice)
         if level >= 1 and not holds:
             met = self._threshold_met_epoch(tally, profile)
-            candidates.append((enrollment.consent.status != "active", met, tally.practice_id))
+            candidates.append((own.consent != "active", met, tally.practice_id))
         for key, other in ledger.months.items():
             if key[1] != tally.service_month or other is tally:
                 continue
-            o_level, _, o_holds, o_enrollment = self._own_standing(ledger, other)
-            if o_level >= 1 and not o_holds:
+            o_own = self._own_standing(ledger, other)
+            o_level = o_own.level
+            if o_level >= 1 and not o_own.holds:
                 met = self._threshold_met_epoch(other, self._profile_of(other))
-                candidates.append((o_enrollment.consent.status != "active", met, key[0]))
+                candidates.append((o_own.consent != "active", met, key[0]))
+            if not detail:
+                continue
             others.append(
                 OtherPractice(
                     practice_id=key[0],
@@ -808,7 +855,7 @@ class TallyEngine:
             level=level,
             date_of_service=dos,
             holds=holds,
-            enrollment=enrollment,
+            enrollment=self._enrollment(own) if detail else None,
             single_biller=profile.single_biller,
             billing_practice_id=chosen,
             others=sorted(others, key=lambda o: o.practice_id),
@@ -898,7 +945,7 @@ class TallyEngine:
         if new == old:
             return []
         tally.level = new
-        standing = self.assess(ledger, tally)
+        standing = self.assess(ledger, tally, detail=False)
         if new > old:
             changes = [("reached", lvl) for lvl in range(old + 1, new + 1)]
         else:
@@ -1123,7 +1170,7 @@ class TallyEngine:
                     if at_cap
                     else profile.threshold_minutes(level + 1) - tally.qualifying_minutes,
                     logs=len(tally.logs),
-                    billable=(standing := self.assess(ledger, tally)).billable,
+                    billable=(standing := self.assess(ledger, tally, detail=False)).billable,
                     hold_reasons=standing.holds,
                     closed=tally.closed,
                     revision=tally.revision if tally.closed else None,

@@ -124,7 +124,10 @@ def process(
     key: str | None = None,
     received_at: datetime | None = None,
 ) -> tuple[Processed, PatientLedger | None]:
-    """Decode ``raw`` and apply it to its patient's ledger.
+    """Decode ``raw`` (a time log, a void or an enrollment-feed event: one function for every
+    input topic but the control topic) and apply it to its patient's ledger. A log that fails
+    validation is dead-lettered and, when its patient-month is readable, also listed on that
+    month's record (a closed month's record is re-issued).
 
     ``key`` is the Kafka message key, when there is one: it must be the patient id, or the
     patient's state would be split across partitions. ``received_at`` stamps DLQ records of

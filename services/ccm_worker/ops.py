@@ -115,11 +115,12 @@ async def read_all(
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """{"threshold": [...], "billing_record": [...], "dlq": [...]} as published so far."""
+    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...]} as
+    published so far (the status feed in offset order per partition, before compaction)."""
     t = settings.topics
     raw = await read_all(
         settings.kafka_bootstrap_servers,
-        [t.threshold, t.billing_record, t.dlq],
+        [t.threshold, t.billing_record, t.dlq, t.tally_status],
         settings.partitions,
         security=aiokafka_kwargs(settings),
     )
@@ -127,4 +128,5 @@ async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         "threshold": raw[t.threshold],
         "billing_record": raw[t.billing_record],
         "dlq": raw[t.dlq],
+        "status": raw[t.tally_status],
     }

@@ -49,6 +49,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_TOPIC_THRESHOLD": t.threshold,
         "CCM_TOPIC_BILLING_RECORD": t.billing_record,
         "CCM_TOPIC_DLQ": t.dlq,
+        "CCM_TOPIC_TALLY_STATUS": t.tally_status,
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,
@@ -62,6 +63,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_DATA_DIR": str(settings.data_dir),
         **security_env(settings),
     }
+    for name, path in (
+        ("CCM_PRACTICES_FILE", settings.practices_file),
+        ("CCM_PROFILES_FILE", settings.profiles_file),
+    ):
+        if path is not None:
+            env[name] = str(path)
     env.update(extra)
     return env
 

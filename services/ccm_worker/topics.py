@@ -1,4 +1,5 @@
-"""Explicit topic creation: every topic co-partitioned on patient id, the changelog compacted."""
+"""Explicit topic creation: every topic co-partitioned on patient id; the changelog and the
+status feed compacted."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
         t.threshold: n,
         t.billing_record: n,
         t.dlq: n,
+        t.tally_status: n,
         changelog_topic_name(settings): n,
     }
-    return plan, {changelog_topic_name(settings)}
+    return plan, {changelog_topic_name(settings), t.tally_status}
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -37,9 +39,13 @@ def ensure_topics(settings: Settings) -> list[str]:
         "segment.ms": str(6 * 3600 * 1000),
         "min.cleanable.dirty.ratio": "0.2",
     }
+    # the status feed: a record per changed patient-month per batch, read from the beginning
+    # by every console replica; compact it as eagerly as the changelog
+    status = {"segment.ms": str(6 * 3600 * 1000), "min.cleanable.dirty.ratio": "0.2"}
     configs = {
         settings.topics.month_close: {"retention.ms": week},
         changelog_topic_name(settings): changelog,
+        settings.topics.tally_status: status,
     }
     return create_topics_sync(
         settings.kafka_bootstrap_servers,

@@ -17,6 +17,7 @@ from .contracts import (
     Envelope,
     MonthCloseCommand,
     RejectedInput,
+    TallyStatus,
     ThresholdEvent,
     TimeLogged,
     TimeLogVoided,
@@ -33,6 +34,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "threshold.v1": Envelope[ThresholdEvent],
     "billing_record.v1": Envelope[BillingRecord],
     "rejected_input.v1": Envelope[RejectedInput],
+    "tally_status.v1": Envelope[TallyStatus],
 }
 
 

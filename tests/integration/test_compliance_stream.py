@@ -57,7 +57,8 @@ def replayed(steps: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, list[st
     lines = [json.dumps(x).encode() for _, batch in steps for x in batch]
     out: dict[str, list[str]] = {"threshold": [], "billing_record": [], "rejected": []}
     for o in tally.feed_lines(lines, name="replay"):
-        out[o.kind].append(canonical(json.loads(o.to_json())))
+        if o.kind in out:  # the status feed is compared by its own tests
+            out[o.kind].append(canonical(json.loads(o.to_json())))
     return out
 
 

@@ -490,3 +490,12 @@ def test_rule_7_lookup_summary_says_whether_billable_as_things_stand() -> None:
     harness.feed(*enrolled())
     [summary] = harness.engine.summaries(ledger)
     assert summary.billable and summary.hold_reasons == []
+
+
+def test_rule_7_time_billed_elsewhere_updates_the_month_status() -> None:
+    harness = gated()
+    logs = daily_logs(60, chunk=30)
+    harness.feed(*enrolled(), *logs)
+    result = harness.feed_one(code_billed("tcm", "99495", log_ids=[logs[1]["event_id"]]))
+    [status] = [o.envelope.data for o in result.outputs if o.kind == "status"]
+    assert status.qualifying_minutes == 30  # type: ignore[union-attr]

@@ -106,6 +106,8 @@ def summarize(outputs: dict[str, list[dict[str, Any]]], metrics_url: str) -> str
             latest[data["record_id"]] = data
     records = list(latest.values())
     billed = [r for r in records if r["billable"]]
+    held = [r for r in records if r.get("hold_reasons") and r.get("held_lines")]
+    holds: Counter[str] = Counter(h for r in held for h in r["hold_reasons"])
     units: Counter[str] = Counter()
     by_payer: Counter[str] = Counter()
     for r in billed:
@@ -124,7 +126,9 @@ def summarize(outputs: dict[str, list[dict[str, Any]]], metrics_url: str) -> str
         "=" * 52,
         f"patient-months with a record   {len(records):>8}",
         f"  billable (99487 reached)     {len(billed):>8}",
-        f"  not billable (< entry time)  {len(records) - len(billed):>8}",
+        f"  held (time reached, gated)   {len(held):>8}",
+        *(f"    {reason:<26} {n:>8}" for reason, n in holds.most_common()),
+        f"  not billable (< entry time)  {len(records) - len(billed) - len(held):>8}",
         "billed patients by payer       "
         + ", ".join(f"{p} {n}" for p, n in sorted(by_payer.items())),
         "units by CPT code              "

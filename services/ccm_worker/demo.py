@@ -70,19 +70,26 @@ async def _produce(settings: Settings, events: list[Any], rate: float | None, la
     from .kafka_security import aiokafka_kwargs
 
     total = len(events)
+    enrollment = [e for e in events if getattr(e, "kind", "") == "enrollment"]
+    logs = [e for e in events if getattr(e, "kind", "") != "enrollment"]
 
     def progress(stats: Any) -> None:
         _status(f"  {label} {_bar(stats.submitted, total)}")
 
-    await produce(
-        settings.kafka_bootstrap_servers,
-        settings.topics.timelog,
-        events,
-        rate,
-        progress,
-        progress_every=max(1, total // 20),
-        security=aiokafka_kwargs(settings),
-    )
+    for topic, batch in (
+        (settings.topics.enrollment, enrollment),
+        (settings.topics.timelog, logs),
+    ):
+        if batch:
+            await produce(
+                settings.kafka_bootstrap_servers,
+                topic,
+                batch,
+                rate,
+                progress,
+                progress_every=max(1, total // 20),
+                security=aiokafka_kwargs(settings),
+            )
     _status(f"  {label} {_bar(total, total)}", final=True)
 
 

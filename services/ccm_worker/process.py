@@ -1,7 +1,9 @@
 """``ccm-tally worker`` as a child process: the one runner the demo, tests and benchmarks share.
 
 The environment is built from a :class:`Settings`, so a worker started here reads exactly the
-settings its caller holds (topic names, partitions, app id, guarantee ...).
+settings its caller holds (topic names, partitions, app id, guarantee ...). It supervises the
+child as Kubernetes or compose would: a worker that exits for any reason but our own stop is
+started again, with a backoff (0.5 s doubling to 10 s, back to 0.5 s after 60 s of life).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 
 from ccm_core.settings import Settings
 
-STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the worker's watchdog exit; a supervisor restarts it
+from .exits import STALLED as STALL_EXIT_CODE  # noqa: F401  (kept for callers)
+from .kafka_security import SECURITY_ENV_NAMES, security_env
+
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 60.0
 
 
 def free_port() -> int:
@@ -32,8 +37,9 @@ def free_port() -> int:
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes a worker run with ``settings`` (plus ``extra``)."""
     t = settings.topics
+    inherited = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV_NAMES}
     env = {
-        **os.environ,
+        **inherited,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "CCM_APP_ID": settings.app_id,
         "CCM_PARTITIONS": str(settings.partitions),
@@ -42,6 +48,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_TOPIC_THRESHOLD": t.threshold,
         "CCM_TOPIC_BILLING_RECORD": t.billing_record,
         "CCM_TOPIC_DLQ": t.dlq,
+        "CCM_TOPIC_TALLY_STATUS": t.tally_status,
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,
@@ -49,7 +56,18 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
         "CCM_LOG_LEVEL": settings.log_level,
         "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
+        "CCM_BATCH_MAX_EVENTS": str(settings.batch_max_events),
+        "CCM_BATCH_WITHIN_SECONDS": str(settings.batch_within_seconds),
+        "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
+        "CCM_DATA_DIR": str(settings.data_dir),
+        **security_env(settings),
     }
+    for name, path in (
+        ("CCM_PRACTICES_FILE", settings.practices_file),
+        ("CCM_PROFILES_FILE", settings.profiles_file),
+    ):
+        if path is not None:
+            env[name] = str(path)
     env.update(extra)
     return env
 
@@ -64,10 +82,13 @@ class WorkerProcess:
         self.dir = workdir / f"{label}-{self.port}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "worker.log"
-        self.settings = settings.model_copy(update={"web_port": self.port})
+        self.settings = settings.model_copy(
+            update={"web_port": self.port, "data_dir": self.dir / "data"}
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
-        self.restarts = 0  # respawns after a stall exit (code 75), as a supervisor would
+        self.restarts = 0  # respawns after any exit we did not ask for, as a supervisor would
+        self.exit_codes: list[int] = []  # the codes of those exits
         self._stopping = False
         self._supervisor: threading.Thread | None = None
 
@@ -78,7 +99,7 @@ class WorkerProcess:
 
     def spawn(self) -> WorkerProcess:
         """Start the process without waiting (see :meth:`wait_ready`), supervised: a worker
-        that exits with the stall code is started again, as Kubernetes or compose would."""
+        that exits for any reason is started again, as Kubernetes or compose would."""
         self._stopping = False
         self._popen()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
@@ -96,9 +117,17 @@ class WorkerProcess:
             )
 
     def _supervise(self) -> None:
+        delay = BACKOFF_FIRST
         while not self._stopping and self.proc is not None:
             code = self.proc.wait()
-            if self._stopping or code != STALL_EXIT_CODE:
+            if self._stopping:
+                return
+            self.exit_codes.append(code)
+            lived = time.monotonic() - self.spawned_at
+            delay = BACKOFF_FIRST if lived > BACKOFF_RESET_AFTER else delay
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            if self._stopping:
                 return
             self.restarts += 1
             self._popen()
@@ -108,8 +137,13 @@ class WorkerProcess:
         exits or never gets ready is killed and its log tail raised."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early; log {self.log_path}:\n{self.tail()}")
+            if self.proc is None:
+                raise RuntimeError(f"worker not started; log {self.log_path}")
+            if len(self.exit_codes) >= 5:  # restarted in a loop: it will not get ready
+                self.kill()
+                raise RuntimeError(
+                    f"worker exited {self.exit_codes}; log {self.log_path}:\n{self.tail()}"
+                )
             if self.ready():
                 return time.monotonic()
             time.sleep(poll)
@@ -128,9 +162,16 @@ class WorkerProcess:
         return self
 
     def get(self, path: str) -> Any:
-        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...)."""
+        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...).
+        Carries the settings' bearer token (``CCM_WEB_AUTH_TOKEN[_FILE]``) when there is one."""
+        from .http_auth import HttpAuth
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers=HttpAuth.from_settings(self.settings).forward_headers(),
+        )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None

@@ -244,6 +244,7 @@ class TallyWorker:
         self._batch_started: float | None = None
         self._last_progress = time.monotonic()
         self._last_committed: dict[TP, int] = {}
+        self._delivered: dict[TP, int] = {}  # next offset after the last record processed
         self._ready_since = time.monotonic()
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
@@ -351,9 +352,11 @@ class TallyWorker:
         touched: dict[int, Ledgers] = defaultdict(dict)  # input partition -> its changed ledgers
         produced: dict[int, list[Output]] = defaultdict(list)  # input partition -> outputs
         forwards: list[Message] = []  # inputs off their patient's partition
+        delivered = self._delivered
         for event in events:
             msg = event.message
             p = msg.partition
+            delivered[msg.tp] = msg.offset + 1
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == self.control:
                 produced[p] += self._close(raw, msg, now, touched[p])
@@ -635,10 +638,34 @@ class TallyWorker:
         """Every 5 s: state gauges, consumer lag and the stall watchdog, from one query of the
         owned input partitions' last stable offsets."""
         ends = await self._end_offsets()
+        if ends:
+            ends = await self._without_marker_tails(ends)
         try:
             self._state_metrics(ends)
         finally:  # a failing gauge must not starve the watchdog
             self._watchdog(ends)
+
+    async def _without_marker_tails(self, ends: dict[TP, int]) -> dict[TP, int]:
+        """End offsets with a trailing transaction marker taken off.
+
+        A transactional producer (an EHR's) ends a partition with its commit marker: an
+        offset without a record, which the group commits past only when a record follows.
+        Where everything delivered is committed and the fetch has passed the end, the
+        partition is drained: its end counts as the committed offset (else the lag gauge
+        would show 1 and the watchdog would take it for a stall)."""
+        consumer: Any = self.app.consumer
+        settled = dict(ends)
+        for tp, end in ends.items():
+            committed = self._committed(tp)
+            if not 0 < end - committed <= 10 or committed < self._delivered.get(tp, 0):
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # no verdict: keep the end as it is
+                continue
+            if position is not None and position >= end:
+                settled[tp] = committed
+        return settled
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:
         open_ = closed = archived = patients = 0

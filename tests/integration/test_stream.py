@@ -506,3 +506,44 @@ def test_timer_archives_months_past_their_filing_window(
     assert reasons_first == ["month_archived"]
     assert [d["data"]["reason"] for d in stream["dlq"]] == ["month_archived"] * 2
     assert first.errors() == [] and second.errors() == []
+
+
+def test_input_from_a_transactional_producer_is_drained_without_a_stall(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """An EHR that writes its logs in Kafka transactions ends each partition with a commit
+    marker, an offset without a record that the group never commits past: the input still
+    counts as processed, and the stall watchdog does not take it for a stall."""
+    events = simulated(patients=60, seed=41)
+    stack = Stack(kafka_bootstrap, partitions=2, stall_exit_seconds=6.0)
+    stack.create_topics()
+
+    async def produce_in_transactions() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=stack.bootstrap, transactional_id=f"ehr-{stack.name}"
+        )
+        await producer.start()
+        try:
+            for i in range(0, len(events), 100):
+                async with producer.transaction():
+                    for key, value in events[i : i + 100]:
+                        await producer.send(stack.topics.timelog, value, key=key)
+        finally:
+            await producer.stop()
+
+    worker = WorkerProcess(stack, tmp_path, "txn").start()
+    try:
+        import asyncio
+
+        asyncio.run(produce_in_transactions())
+        wait_processed(stack)
+        time.sleep(3 * stack.stall_exit_seconds)  # room for the watchdog to misfire
+        assert worker.restarts == 0, f"worker exited {worker.exit_codes}:\n{worker.tail()}"
+        send_close(stack, CLOSE_ALL_DUE)
+        wait_processed(stack)
+        stream = collect(stack)
+    finally:
+        worker.stop()
+    assert_agrees_with_replay(stream, replayed(events))

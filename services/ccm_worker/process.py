@@ -45,6 +45,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_PARTITIONS": str(settings.partitions),
         "CCM_TOPIC_TIMELOG": t.timelog,
         "CCM_TOPIC_MONTH_CLOSE": t.month_close,
+        "CCM_TOPIC_ENROLLMENT": t.enrollment,
         "CCM_TOPIC_THRESHOLD": t.threshold,
         "CCM_TOPIC_BILLING_RECORD": t.billing_record,
         "CCM_TOPIC_DLQ": t.dlq,

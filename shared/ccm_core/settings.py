@@ -23,6 +23,7 @@ class Topics(BaseSettings):
     threshold: str = "ccm.threshold.v1"
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
+    enrollment: str = "ccm.enrollment.v1"  # input: consent, eligibility, other codes billed
     tally_status: str = "ccm.tally-status.v1"  # compacted: latest status per patient-month
 
     def output_topic(self, kind: str) -> str:
@@ -48,6 +49,7 @@ class Topics(BaseSettings):
             threshold=f"{prefix}.threshold",
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
+            enrollment=f"{prefix}.enrollment",
             tally_status=f"{prefix}.tally-status",
         )
 

@@ -10,10 +10,13 @@ from datetime import datetime
 from pathlib import Path
 
 from ccm_core.config import load_config
-from ccm_core.contracts import Outcome
+from ccm_core.contracts import BillingRecordEnvelope, Outcome
+from ccm_core.fhir import charge_items, latest_records, transaction_bundle
 from ccm_core.ingest import LocalTally
 from ccm_core.schemas import all_schemas
 from ccm_core.tally import TallyEngine
+
+from .progress import Progress, add_progress_flag, wanted
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +36,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     engine = TallyEngine(load_config(args.profiles, args.practices))
     tally = LocalTally(engine)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    counts = {"threshold": 0, "billing_record": 0, "rejected": 0}
+    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "fhir_chargeitem": 0}
     try:
         with open(args.events, "rb") as src:
             for output in tally.feed_lines(src, name=str(args.events)):
@@ -51,7 +54,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     parts = ", ".join(f"{o.value} {tally.outcomes[o]}" for o in Outcome)
     print(
         f"replay: {seen} events ({parts}); emitted {counts['threshold']} threshold events, "
-        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records",
+        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records, "
+        f"{counts['fhir_chargeitem']} FHIR ChargeItems",
+        file=sys.stderr,
+    )
+    return 0
+
+
+RECORD_TYPE = "org.ccmtally.billing-record.v1"
+
+
+def cmd_export_fhir(args: argparse.Namespace) -> int:
+    """Billing records (JSON lines of envelopes, as replay writes them or as read from
+    ``ccm.billing-record.v1``; other lines are skipped) to FHIR R4 ChargeItems of each record's
+    latest revision: a transaction Bundle (PUT by id), or NDJSON (one resource a line)."""
+    progress = Progress("export fhir", "lines read", enabled=wanted(args.progress))
+    records = []
+    skipped = 0
+    with open(args.records, "rb") as src:
+        for line in src:
+            progress.add()
+            if not line.strip():
+                continue
+            if b'"org.ccmtally.billing-record.v1"' not in line:
+                skipped += 1  # other outputs of a replay (thresholds, dead letters, FHIR)
+                continue
+            records.append(BillingRecordEnvelope.model_validate_json(line).data)
+    items = [item for rec, gone in latest_records(records) for item in charge_items(rec, gone)]
+    progress.done(f"{len(records):,} records, {len(items):,} ChargeItems")
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        if args.format == "ndjson":
+            for item in items:
+                out.write(json.dumps(item, separators=(",", ":")) + "\n")
+        else:
+            out.write(json.dumps(transaction_bundle(items), indent=1) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    latest = len({r.record_id for r in records})
+    print(
+        f"export fhir: {len(records)} billing records ({latest} latest revisions) -> "
+        f"{len(items)} ChargeItems; {skipped} other lines skipped",
         file=sys.stderr,
     )
     return 0
@@ -92,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema_sub.add_parser("export", help="write one .schema.json per format into DIR")
     export.add_argument("dir", type=Path)
     export.set_defaults(func=cmd_schema_export)
+
+    export_cmd = sub.add_parser("export", help="hand-off formats of billing records")
+    export_sub = export_cmd.add_subparsers(dest="export_command", required=True)
+    fhir = export_sub.add_parser(
+        "fhir", help="FHIR R4 ChargeItems of each record's latest revision (JSON lines in)"
+    )
+    fhir.add_argument("records", type=Path, help="JSON lines of billing-record envelopes")
+    fhir.add_argument("--out", type=Path, help="write here instead of stdout")
+    fhir.add_argument(
+        "--format",
+        choices=("bundle", "ndjson"),
+        default="bundle",
+        help="a transaction Bundle (default) or one ChargeItem per line (FHIR bulk NDJSON)",
+    )
+    add_progress_flag(fhir)
+    fhir.set_defaults(func=cmd_export_fhir)
 
     try:
         from ccm_worker.cli import add_commands

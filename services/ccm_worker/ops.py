@@ -101,15 +101,17 @@ async def read_all(
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """{"threshold": [...], "billing_record": [...], "dlq": [...]} as published so far."""
+    """{"threshold": [...], "billing_record": [...], "dlq": [...], "fhir_chargeitem": [...]}
+    as published so far."""
     t = settings.topics
     raw = await read_all(
         settings.kafka_bootstrap_servers,
-        [t.threshold, t.billing_record, t.dlq],
+        [t.threshold, t.billing_record, t.dlq, t.fhir_chargeitem],
         settings.partitions,
     )
     return {
         "threshold": raw[t.threshold],
         "billing_record": raw[t.billing_record],
         "dlq": raw[t.dlq],
+        "fhir_chargeitem": raw[t.fhir_chargeitem],
     }

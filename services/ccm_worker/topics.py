@@ -18,6 +18,7 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
         t.threshold: n,
         t.billing_record: n,
         t.dlq: n,
+        t.fhir_chargeitem: n,
         changelog_topic_name(settings): n,
     }
     return plan, {changelog_topic_name(settings)}

@@ -10,6 +10,7 @@ from .contracts import (
     INPUT_ADAPTER,
     BillingRecord,
     Envelope,
+    FhirChargeItemEnvelope,
     MonthCloseCommand,
     RejectedInput,
     ThresholdEvent,
@@ -24,6 +25,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "threshold.v1": Envelope[ThresholdEvent],
     "billing_record.v1": Envelope[BillingRecord],
     "rejected_input.v1": Envelope[RejectedInput],
+    "fhir_chargeitem.v1": FhirChargeItemEnvelope,
 }
 
 

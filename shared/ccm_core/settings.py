@@ -20,6 +20,7 @@ class Topics(BaseSettings):
     threshold: str = "ccm.threshold.v1"
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
+    fhir_chargeitem: str = "ccm.fhir-chargeitem.v1"
 
     def output_topic(self, kind: str) -> str:
         """The topic of an output of ``kind`` (``ccm_core.tally.Output.kind``).
@@ -31,6 +32,7 @@ class Topics(BaseSettings):
             "threshold": self.threshold,
             "billing_record": self.billing_record,
             "rejected": self.dlq,
+            "fhir_chargeitem": self.fhir_chargeitem,
         }
         return topics[kind]
 
@@ -43,6 +45,7 @@ class Topics(BaseSettings):
             threshold=f"{prefix}.threshold",
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
+            fhir_chargeitem=f"{prefix}.fhir-chargeitem",
         )
 
 

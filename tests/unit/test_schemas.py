@@ -185,6 +185,7 @@ def test_schema_replay_outputs_validate_against_output_schemas(
         "org.ccmtally.threshold.v1": exported["threshold.v1"],
         "org.ccmtally.billing-record.v1": exported["billing_record.v1"],
         "org.ccmtally.rejected-input.v1": exported["rejected_input.v1"],
+        "org.ccmtally.fhir-chargeitem.v1": exported["fhir_chargeitem.v1"],
     }
     seen = set()
     for line in result.stdout.splitlines():

@@ -37,11 +37,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "CCM_APP_ID": settings.app_id,
         "CCM_PARTITIONS": str(settings.partitions),
-        "CCM_TOPIC_TIMELOG": t.timelog,
-        "CCM_TOPIC_MONTH_CLOSE": t.month_close,
-        "CCM_TOPIC_THRESHOLD": t.threshold,
-        "CCM_TOPIC_BILLING_RECORD": t.billing_record,
-        "CCM_TOPIC_DLQ": t.dlq,
+        # every topic of Topics (a new output topic reaches the worker without an edit here)
+        **{f"CCM_TOPIC_{name.upper()}": getattr(t, name) for name in type(t).model_fields},
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,

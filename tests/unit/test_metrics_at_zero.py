@@ -17,6 +17,8 @@ from ccm_core.contracts import Outcome, Reason
 from ccm_core.observability import MONTH_STATES, THRESHOLD_KINDS
 from ccm_core.tally import CloseTrigger
 
+TRIGGERS: tuple[str, ...] = get_args(CloseTrigger)
+
 PROGRAM = """
 import sys
 from ccm_core import observability
@@ -42,10 +44,10 @@ def fresh_metrics(*codes: str) -> dict[str, dict[tuple[tuple[str, str], ...], fl
 
 def test_every_known_label_value_is_a_series_at_zero_before_any_event() -> None:
     metrics = fresh_metrics()
-    expected = {
+    expected: dict[str, list[tuple[tuple[str, str], ...]]] = {
         "ccm_events_total": [(("outcome", o.value),) for o in Outcome],
         "ccm_rejections_total": [(("reason", r.value),) for r in Reason],
-        "ccm_billing_records_total": [(("trigger", t),) for t in get_args(CloseTrigger)],
+        "ccm_billing_records_total": [(("trigger", str(t)),) for t in TRIGGERS],
         "ccm_patient_months": [(("state", s),) for s in MONTH_STATES],
         "ccm_billing_units_total": [(("code", c),) for c in ("99487", "99489")],
         "ccm_thresholds_total": [

@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_flag(fhir)
     fhir.set_defaults(func=cmd_export_fhir)
 
+    from ccm_sink.cli import add_sink_commands
+
+    add_sink_commands(sub)
+
     try:
         from ccm_worker.cli import add_commands
     except ImportError:  # pragma: no cover - the worker is part of the distribution

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-integration lint typecheck check schemas bench-smoke clean
+.PHONY: setup demo test test-unit test-integration lint typecheck check schemas asyncapi-check bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -40,7 +40,10 @@ typecheck: $(STAMP)
 check: lint typecheck
 
 schemas: $(STAMP)  ## regenerate docs/schemas from the pydantic models
-	$(BIN)/ccm-tally schema export docs/schemas
+	$(BIN)/ccm-tally schema export docs/schemas --asyncapi docs/asyncapi.yaml
+
+asyncapi-check: $(STAMP)  ## docs/asyncapi.yaml current and valid (official @asyncapi/cli, npm)
+	bash .ci/asyncapi-check.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib .tools

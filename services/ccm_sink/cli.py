@@ -13,6 +13,8 @@ from ccm_core.settings import Settings
 
 from .postgres import PostgresSink, SinkOptions
 
+DSN_ENV = "CCM_SINK_DSN"
+
 
 def add_sink_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sink = sub.add_parser("sink", help="reference consumers of the outputs")
@@ -22,7 +24,7 @@ def add_sink_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     pg.add_argument(
         "--dsn",
-        default=os.environ.get("CCM_SINK_DSN"),
+        default=os.environ.get(DSN_ENV),
         help="libpq connection string or URL (default: $CCM_SINK_DSN)",
     )
     pg.add_argument("--bootstrap-servers", help="Kafka brokers (default: the service settings)")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic_settings import BaseSettings
 
 from ccm_core.settings import Settings, Topics
+from ccm_sink.cli import DSN_ENV
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ENV_TOKEN = re.compile(r"`((?:CCM|KAFKA)_[A-Z0-9_]+)`")
@@ -32,6 +33,7 @@ def code_variables() -> dict[str, Any]:
                 continue  # a nested settings class with its own prefix (topics)
             out[f"{prefix}{name.upper()}"] = field.default
     out["KAFKA_BOOTSTRAP_SERVERS"] = Settings.model_fields["kafka_bootstrap_servers"].default
+    out[DSN_ENV] = None  # the sink's database (ccm-tally sink postgres --dsn)
     return out
 
 

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-integration lint typecheck check schemas asyncapi-check bench-smoke clean
+.PHONY: setup demo test test-unit test-integration lint typecheck check schemas asyncapi-check cloudevents-js-check bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -44,6 +44,9 @@ schemas: $(STAMP)  ## regenerate docs/schemas from the pydantic models
 
 asyncapi-check: $(STAMP)  ## docs/asyncapi.yaml current and valid (official @asyncapi/cli, npm)
 	bash .ci/asyncapi-check.sh
+
+cloudevents-js-check: $(STAMP)  ## the official CloudEvents JS SDK reads every output kind (npm)
+	bash .ci/cloudevents-js-check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib .tools

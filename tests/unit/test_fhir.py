@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.chargeitem import ChargeItem
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ccm_core.contracts import BillingRecord, FhirChargeItemEnvelope
@@ -238,3 +240,28 @@ def test_export_fhir_ndjson_matches_the_stream_s_resources(tmp_path: Path) -> No
     assert lines == [e.data for e in items_of(harness)]
     assert all(ChargeItem.model_validate(line).status == "billable" for line in lines)
     assert isinstance(harness.records()[0], BillingRecord)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    minutes=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=12),
+    payer=st.sampled_from(["cms", "bcbsm", "priority_health", "medicaid"]),
+    voided=st.sets(st.integers(min_value=0, max_value=11), max_size=4),
+    late=st.integers(min_value=0, max_value=90),
+)
+def test_every_resource_of_any_month_is_valid_r4_in_full(
+    minutes: list[int], payer: str, voided: set[int], late: int
+) -> None:
+    """The stream validates once per resource shape (``ccm_core.fhir._validate``); here every
+    ChargeItem of generated months, revisions included, is validated in full."""
+    harness = Harness()
+    harness.feed(*[log(f"e{i}", local(i + 1), m, payer=payer) for i, m in enumerate(minutes)])
+    harness.close()
+    after = CLOSE_AT + timedelta(days=1)
+    harness.feed(*[void(f"v{i}", f"e{i}", recorded_at=after) for i in voided if i < len(minutes)])
+    if late:
+        harness.feed(log("late", local(25), late, payer=payer, recorded_at=after))
+    for env in items_of(harness):
+        item = ChargeItem.model_validate(env.data)
+        assert item.status in {"billable", "entered-in-error"}
+        FhirChargeItemEnvelope.model_validate_json(env.model_dump_json())

@@ -60,10 +60,22 @@ class Settings(BaseSettings):
     partitions: Annotated[int, Field(gt=0)] = 8
     replication_factor: Annotated[int, Field(gt=0)] = 1
     topics: Topics = Field(default_factory=Topics)
-    processing_guarantee: Literal["at_least_once"] = Field(
-        default="at_least_once",
-        description="Kafka transactions (exactly_once) were evaluated and not kept: "
-        "docs/processing-guarantee.md.",
+    processing_guarantee: Literal["exactly_once"] = Field(
+        default="exactly_once",
+        description="The worker always fences its writes with Kafka transactions "
+        "(docs/processing-guarantee.md); the setting exists to say so.",
+    )
+    data_dir: Path = Field(
+        default=Path("ccm-tally-data"),
+        description="The worker's local directory (faust's datadir).",
+    )
+    batch_within_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=0.02,
+        description="Longest wait to fill a batch before processing what arrived.",
+    )
+    broker_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=120.0,
+        description="At start, how long to wait for an unreachable broker before exiting 69.",
     )
     web_host: str = "127.0.0.1"
     web_port: int = 6066

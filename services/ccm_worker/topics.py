@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ccm_core.asyncapi import MONTH_CLOSE_RETENTION_MS
 from ccm_core.settings import Settings
 from ccm_localkafka.broker import create_topics_sync
 
@@ -28,7 +29,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the names created now."""
     plan, compacted = topic_plan(settings)
     # the control topic gets a timer tick per partition a minute: keep a week of it
-    week = str(7 * 24 * 3600 * 1000)
+    week = str(MONTH_CLOSE_RETENTION_MS)  # also in docs/asyncapi.yaml
     # the changelog gets one record per changed patient per batch; only closed segments are
     # compacted, so roll them often enough that recovery reads little beyond the live ledgers
     changelog = {

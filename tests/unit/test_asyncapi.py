@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
@@ -53,7 +54,8 @@ def test_every_topic_is_a_channel_with_its_direction_and_bindings() -> None:
         kafka = channel["bindings"]["kafka"]
         assert kafka["partitions"] == settings.partitions
         assert kafka["replicas"] == settings.replication_factor
-        assert kafka["topicConfiguration"]["cleanup.policy"] == ["delete"]
+        policy = ["compact"] if spec.compacted else ["delete"]
+        assert kafka["topicConfiguration"]["cleanup.policy"] == policy
         [operation] = [
             op
             for op in doc["operations"].values()
@@ -109,3 +111,11 @@ def test_the_schemas_are_not_vacuous() -> None:
     record = validator(doc, "billingRecord")
     assert list(record.iter_errors({"specversion": "1.0"}))
     assert list(validator(doc, "timeLogged").iter_errors({"event_type": "time_logged"}))
+
+
+def test_a_topic_without_a_description_stops_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new ``Topics`` field must get a ``CHANNELS`` entry: the document never silently
+    leaves a topic out."""
+    monkeypatch.delitem(asyncapi.CHANNELS, "fhir_chargeitem")
+    with pytest.raises(LookupError, match="fhir_chargeitem"):
+        asyncapi.build()

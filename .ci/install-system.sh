@@ -6,6 +6,8 @@
 #                              sink's tests start a throwaway cluster (tests/localpg.py)
 #   - prometheus               when `promtool` is absent: the tests check deploy/prometheus
 #   - nodejs, npm              when `npm` is absent: .ci/asyncapi-check.sh installs @asyncapi/cli
+#   - openssl                  when `openssl` is absent (throw-away CA and certificates of the
+#                              SASL_SSL / mutual-TLS test listeners, ccm_localkafka/tls.py)
 # Idempotent: does nothing (not even `apt-get update`) when all are already there.
 # Works as root, or as a user with sudo.
 set -euo pipefail
@@ -58,6 +60,13 @@ else
     packages+=(nodejs npm)
 fi
 
+if ! command -v openssl >/dev/null 2>&1; then
+    log "openssl missing: will install openssl"
+    packages+=(openssl)
+else
+    log "openssl found"
+fi
+
 if [[ ${#packages[@]} -eq 0 ]]; then
     log "nothing to install"
     exit 0
@@ -96,4 +105,5 @@ fi
 command -v mvn >/dev/null 2>&1 || { log "mvn still missing after install"; exit 1; }
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { log "initdb missing"; exit 1; }
 command -v promtool >/dev/null 2>&1 || { log "promtool still missing after install"; exit 1; }
+command -v openssl >/dev/null 2>&1 || { log "openssl still missing after install"; exit 1; }
 log "done"

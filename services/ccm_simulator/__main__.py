@@ -148,6 +148,9 @@ def add_simulator_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="progress lines on stderr (default: when stderr is a terminal)",
     )
+    from ccm_worker.kafka_security import add_security_args
+
+    add_security_args(parser)
 
 
 def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
@@ -242,6 +245,20 @@ def run_simulator(args: argparse.Namespace) -> int:
         or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         or DEFAULT_BOOTSTRAP
     )
+    from ccm_core.settings import Settings
+    from ccm_worker.kafka_security import (
+        KafkaSecurityError,
+        aiokafka_kwargs,
+        security_overrides,
+    )
+
+    try:  # TLS/SASL: CCM_KAFKA_* environment, then the flags (README "Security")
+        security = aiokafka_kwargs(
+            Settings(kafka_bootstrap_servers=bootstrap, **security_overrides(args))
+        )
+    except (ValidationError, KafkaSecurityError) as err:
+        print(f"simulate: Kafka security settings: {err}", file=sys.stderr)
+        return 2
 
     def report(stats: ProduceStats) -> None:
         print(
@@ -252,7 +269,14 @@ def run_simulator(args: argparse.Namespace) -> int:
 
     try:
         stats = asyncio.run(
-            produce(bootstrap, args.topic, counted, args.rate, report if show_progress else None)
+            produce(
+                bootstrap,
+                args.topic,
+                counted,
+                args.rate,
+                report if show_progress else None,
+                security=security,
+            )
         )
     except KeyboardInterrupt:
         print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)

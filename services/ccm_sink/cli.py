@@ -10,6 +10,12 @@ import sys
 from ccm_cli.progress import Progress, add_progress_flag, wanted
 from ccm_core.observability import configure_logging
 from ccm_core.settings import Settings
+from ccm_worker.kafka_security import (
+    KafkaSecurityError,
+    add_security_args,
+    aiokafka_kwargs,
+    security_overrides,
+)
 
 from .postgres import PostgresSink, SinkOptions
 
@@ -41,6 +47,7 @@ def add_sink_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="exit once caught up with the end offsets seen at start (a batch run)",
     )
     add_progress_flag(pg)
+    add_security_args(pg)
     pg.set_defaults(func=cmd_sink_postgres)
 
 
@@ -48,7 +55,12 @@ def cmd_sink_postgres(args: argparse.Namespace) -> int:
     if not args.dsn:
         print("sink postgres: give --dsn or set CCM_SINK_DSN", file=sys.stderr)
         return 2
-    settings = Settings()
+    try:
+        settings = Settings(**security_overrides(args))
+        security = aiokafka_kwargs(settings)
+    except (ValueError, KafkaSecurityError) as err:
+        print(f"sink postgres: Kafka security settings: {err}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_json)
     options = SinkOptions(
         dsn=args.dsn,
@@ -57,6 +69,7 @@ def cmd_sink_postgres(args: argparse.Namespace) -> int:
         name=args.name,
         batch_max=args.batch,
         stop_at_end=args.stop_at_end,
+        kafka_security=security,
     )
     progress = Progress("sink postgres", "messages", enabled=wanted(args.progress))
 

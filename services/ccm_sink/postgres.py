@@ -340,6 +340,7 @@ class SinkOptions:
     batch_max: int = 500
     stop_at_end: bool = False
     idle_exit_seconds: float = 0.0
+    kafka_security: dict[str, Any] = field(default_factory=dict)  # aiokafka_kwargs(settings)
 
 
 class PostgresSink:
@@ -380,6 +381,7 @@ class PostgresSink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            **opts.kafka_security,
         )
         await self.consumer.start()
         try:

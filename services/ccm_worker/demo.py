@@ -60,6 +60,8 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 async def _produce(settings: Settings, events: list[Any], rate: float | None, label: str) -> None:
     from ccm_simulator.producer import produce
 
+    from .kafka_security import aiokafka_kwargs
+
     total = len(events)
 
     def progress(stats: Any) -> None:
@@ -72,6 +74,7 @@ async def _produce(settings: Settings, events: list[Any], rate: float | None, la
         rate,
         progress,
         progress_every=max(1, total // 20),
+        security=aiokafka_kwargs(settings),
     )
     _status(f"  {label} {_bar(total, total)}", final=True)
 

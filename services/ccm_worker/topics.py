@@ -7,6 +7,7 @@ from ccm_core.settings import Settings
 from ccm_localkafka.broker import create_topics_sync
 
 from .app import changelog_topic_name
+from .kafka_security import aiokafka_kwargs
 
 
 def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
@@ -47,4 +48,5 @@ def ensure_topics(settings: Settings) -> list[str]:
         compacted,
         replication_factor=settings.replication_factor,
         configs=configs,
+        client_options=aiokafka_kwargs(settings),
     )

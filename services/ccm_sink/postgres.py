@@ -245,7 +245,9 @@ def apply_batch(
 ) -> BatchResult:
     """Apply ``messages`` (in partition order) and store the next offsets, in one transaction."""
     result = BatchResult()
-    with conn.transaction(), conn.cursor() as cur:
+    # pipeline mode: statements whose results are not read (deletes, inserts, the audit row)
+    # travel with the next one that is, instead of a round trip each
+    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         # lock (or create) each partition's offset row first: the batch owns the partition
         starts: dict[tuple[str, int], int] = {}
         for topic, partition in sorted({(m.topic, m.partition) for m in messages}):

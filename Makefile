@@ -15,12 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## Python deps, Java/Maven (Debian), Kafka jars
+setup: $(STAMP)  ## Python deps, Java/Maven/Chromium (Debian), Kafka jars
 	bash .ci/install-system.sh
 	$(BIN)/python -m ccm_localkafka --fetch-only
 
 demo: setup  ## the whole stack on a local Kafka: one simulated month, closed, summarised
-	$(BIN)/ccm-tally demo
+	$(BIN)/ccm-tally demo --keep-running
 
 test: setup  ## unit + integration tests (a real Kafka broker is started by the test session)
 	$(BIN)/python -m pytest

@@ -35,5 +35,5 @@ for out in outputs:
     kinds.add(out.kind)
     headers = {name: value.decode() for name, value in kafka_headers(out)}
     print(json.dumps({"headers": headers, "key": out.key, "value": out.to_json()}))
-assert kinds == {"threshold", "billing_record", "rejected", "fhir_chargeitem"}, kinds
+assert kinds == {"threshold", "billing_record", "rejected", "fhir_chargeitem", "status"}, kinds
 PY

@@ -8,6 +8,8 @@
 #   - nodejs, npm              when `npm` is absent: .ci/asyncapi-check.sh installs @asyncapi/cli
 #   - openssl                  when `openssl` is absent (throw-away CA and certificates of the
 #                              SASL_SSL / mutual-TLS test listeners, ccm_localkafka/tls.py)
+#   - chromium, chromium-driver when `chromium` / `chromedriver` are absent (the console's
+#                               browser test drives headless Chromium with Selenium)
 # Idempotent: does nothing (not even `apt-get update`) when all are already there.
 # Works as root, or as a user with sudo.
 set -euo pipefail
@@ -67,6 +69,20 @@ else
     log "openssl found"
 fi
 
+if ! command -v chromium >/dev/null 2>&1; then
+    log "chromium missing: will install chromium"
+    packages+=(chromium)
+else
+    log "chromium found"
+fi
+
+if ! command -v chromedriver >/dev/null 2>&1; then
+    log "chromedriver missing: will install chromium-driver"
+    packages+=(chromium-driver)
+else
+    log "chromedriver found"
+fi
+
 if [[ ${#packages[@]} -eq 0 ]]; then
     log "nothing to install"
     exit 0
@@ -106,4 +122,6 @@ command -v mvn >/dev/null 2>&1 || { log "mvn still missing after install"; exit 
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { log "initdb missing"; exit 1; }
 command -v promtool >/dev/null 2>&1 || { log "promtool still missing after install"; exit 1; }
 command -v openssl >/dev/null 2>&1 || { log "openssl still missing after install"; exit 1; }
+command -v chromium >/dev/null 2>&1 || { log "chromium still missing after install"; exit 1; }
+command -v chromedriver >/dev/null 2>&1 || { log "chromedriver still missing after install"; exit 1; }
 log "done"

@@ -16,7 +16,7 @@ from ccm_core.fhir import charge_items, latest_records, transaction_bundle
 from ccm_core.ingest import LocalTally
 from ccm_core.schemas import all_schemas
 from ccm_core.settings import Topics
-from ccm_core.tally import TallyEngine
+from ccm_core.tally import Output, TallyEngine, coalesce_status
 
 from .progress import Progress, add_progress_flag, wanted
 
@@ -38,26 +38,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
     engine = TallyEngine(load_config(args.profiles, args.practices))
     tally = LocalTally(engine)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "fhir_chargeitem": 0}
+    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "fhir_chargeitem": 0, "status": 0}
+    statuses: list[Output] = []  # --status: the last of each patient-month, written at the end
+
+    def write(outputs: list[Output]) -> None:
+        for output in outputs:
+            if output.kind == "status":
+                if args.status:
+                    statuses.append(output)
+                continue
+            counts[output.kind] += 1
+            out.write(output.to_json() + "\n")
+
     try:
         with open(args.events, "rb") as src:
             for output in tally.feed_lines(src, name=str(args.events)):
-                counts[output.kind] += 1
-                out.write(output.to_json() + "\n")
+                write([output])
         if not args.no_close:
             as_of = args.as_of or tally.latest or datetime.fromisoformat("1970-01-01T00:00:00Z")
-            for output in tally.close_all(as_of):
-                counts[output.kind] += 1
-                out.write(output.to_json() + "\n")
+            write(tally.close_all(as_of))
+        for output in coalesce_status(statuses):
+            counts["status"] += 1
+            out.write(output.to_json() + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
     seen = sum(tally.outcomes.values())
     parts = ", ".join(f"{o.value} {tally.outcomes[o]}" for o in Outcome)
+    status_part = f", {counts['status']} status records" if args.status else ""
     print(
         f"replay: {seen} events ({parts}); emitted {counts['threshold']} threshold events, "
         f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records, "
-        f"{counts['fhir_chargeitem']} FHIR ChargeItems",
+        f"{counts['fhir_chargeitem']} FHIR ChargeItems{status_part}",
         file=sys.stderr,
     )
     return 0
@@ -130,6 +142,26 @@ def asyncapi_yaml() -> str:
     )
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from typing import Any
+
+    from ccm_console.web import run_console
+    from ccm_core.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for flag, name in (
+        ("bootstrap_servers", "kafka_bootstrap_servers"),
+        ("host", "console_host"),
+        ("port", "console_port"),
+        ("refresh_seconds", "console_refresh_seconds"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    settings = Settings().model_copy(update=overrides)
+    return run_console(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccm-tally",
@@ -148,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="close time written on records (default: latest recorded_at in the input)",
     )
     replay.add_argument("--no-close", action="store_true", help="do not close months at the end")
+    replay.add_argument(
+        "--status",
+        action="store_true",
+        help="also write each patient-month's final status (what the compacted status topic "
+        "holds once compacted), after the other outputs",
+    )
     _config_args(replay)
     replay.set_defaults(func=cmd_replay)
 
@@ -161,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--asyncapi", type=Path, help="write the AsyncAPI document here (default DIR/asyncapi.yaml)"
     )
     export.set_defaults(func=cmd_schema_export)
+
+    console = sub.add_parser(
+        "console",
+        help="the care-team worklist (web page and JSON) over the status topic; any replicas",
+    )
+    console.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    console.add_argument("--host", help="bind address (default 127.0.0.1, CCM_CONSOLE_HOST)")
+    console.add_argument("--port", type=int, help="port (default 6070, CCM_CONSOLE_PORT)")
+    console.add_argument("--refresh-seconds", type=float, help="page refresh interval (default 5)")
+    console.set_defaults(func=cmd_console)
 
     export_cmd = sub.add_parser("export", help="hand-off formats of billing records")
     export_sub = export_cmd.add_subparsers(dest="export_command", required=True)

@@ -82,7 +82,13 @@ from ccm_core.observability import (  # noqa: E402
     get_logger,
 )
 from ccm_core.settings import Settings  # noqa: E402
-from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine  # noqa: E402
+from ccm_core.tally import (  # noqa: E402
+    CloseTrigger,
+    Output,
+    PatientLedger,
+    TallyEngine,
+    coalesce_status,
+)
 
 from . import http_auth, kafka_security  # noqa: E402
 from .exits import BATCH_FAILED, FENCED, STALLED  # noqa: E402
@@ -296,16 +302,14 @@ class TallyWorker:
         n = self.settings.partitions
         data = self.table.data
         touched: dict[int, Ledgers] = defaultdict(dict)  # input partition -> its changed ledgers
-        out: dict[int, list[Message]] = defaultdict(list)  # input partition -> what it sends
+        produced: dict[int, list[Output]] = defaultdict(list)  # input partition -> outputs
         forwards: list[Message] = []  # inputs off their patient's partition
         for event in events:
             msg = event.message
             p = msg.partition
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
-            sends = out[p]
             if msg.topic == self.control:
-                for o in self._close(raw, msg, now, touched[p]):
-                    sends.append(self._message(p, o))
+                produced[p] += self._close(raw, msg, now, touched[p])
                 continue
             key: bytes | None = msg.key
             if key is not None and msg.topic in self.rerouted_topics:
@@ -317,13 +321,17 @@ class TallyWorker:
                     if self._debug:
                         log.debug("input_rerouted", partition=p, offset=msg.offset, to=home)
                     continue
-            for o in self._apply(raw, msg, key, data, touched[p], now):
-                sends.append(self._message(p, o))
+            produced[p] += self._apply(raw, msg, key, data, touched[p], now)
+        out: dict[int, list[Message]] = {}  # input partition -> what it sends
+        for p, outputs in produced.items():
+            # one status per patient-month per batch: the topic is compacted, the last wins
+            out[p] = [self._message(p, o) for o in coalesce_status(outputs)]
         changelog, dumps = self.changelog, ledger_codec.dumps
         for p, ledgers in touched.items():
+            sends = out.setdefault(p, [])
             for patient_id, ledger in ledgers.items():
                 data[patient_id] = ledger
-                out[p].append((changelog, p, patient_id.encode(), dumps(ledger), None))
+                sends.append((changelog, p, patient_id.encode(), dumps(ledger), None))
         await self._send_all(out, forwards)
         self._batch_started = None
         self._last_progress = time.monotonic()
@@ -429,6 +437,8 @@ class TallyWorker:
 
     @staticmethod
     def _count_output(out: Output) -> None:
+        if out.kind == "status":  # its envelope is built only when read: do not
+            return
         data = out.envelope.data
         if isinstance(data, ThresholdEvent):
             THRESHOLDS.labels(data.code, data.kind).inc()

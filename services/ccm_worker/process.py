@@ -58,6 +58,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_DATA_DIR": str(settings.data_dir),
         **security_env(settings),
     }
+    for name, path in (
+        ("CCM_PRACTICES_FILE", settings.practices_file),
+        ("CCM_PROFILES_FILE", settings.profiles_file),
+    ):
+        if path is not None:
+            env[name] = str(path)
     env.update(extra)
     return env
 

@@ -25,6 +25,7 @@ from .contracts import (
     FhirChargeItemEnvelope,
     MonthCloseCommand,
     RejectedInput,
+    TallyStatus,
     ThresholdEvent,
     TimeLogged,
     TimeLogVoided,
@@ -34,6 +35,7 @@ from .settings import Settings, Topics
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 MONTH_CLOSE_RETENTION_MS = 7 * 24 * 3600 * 1000  # the control topic keeps a week
+STATUS_SEGMENT_MS = 6 * 3600 * 1000  # the status feed rolls (and so compacts) every 6 h
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class ChannelSpec:
     summary: str
     messages: tuple[MessageSpec, ...]
     compacted: bool = False
-    configs: tuple[tuple[str, int | str], ...] = ()
+    configs: tuple[tuple[str, int | float | str], ...] = ()
     cloudevents: bool = True  # outputs: structured-mode CloudEvents (content-type header)
+    key: str = "The patient id: every topic is partitioned by it."
 
 
 _TIME_LOGGED = MessageSpec(
@@ -81,6 +84,12 @@ _REJECTED = MessageSpec(
     Envelope[RejectedInput],
     "A dead-lettered input with its reason code.",
 )
+_STATUS = MessageSpec(
+    "tallyStatus",
+    "tally status (CloudEvent)",
+    Envelope[TallyStatus],
+    "A patient-month's current status; the compacted topic keeps the latest per key.",
+)
 _FHIR = MessageSpec(
     "fhirChargeItem",
     "FHIR R4 ChargeItem (CloudEvent)",
@@ -101,12 +110,21 @@ CHANNELS: dict[str, ChannelSpec] = {
         (_MONTH_CLOSE,),
         configs=(("retention.ms", MONTH_CLOSE_RETENTION_MS),),
         cloudevents=False,
+        key="Any: a close command is sent to every partition.",
     ),
     "threshold": ChannelSpec("send", "Thresholds reached and revoked.", (_THRESHOLD,)),
     "billing_record": ChannelSpec(
         "send", "Month-close billing records and their revisions.", (_RECORD,)
     ),
     "dlq": ChannelSpec("send", "Rejected inputs (dead letters).", (_REJECTED,)),
+    "tally_status": ChannelSpec(
+        "send",
+        "Each patient-month's current status (the care-team worklist's feed), compacted.",
+        (_STATUS,),
+        compacted=True,
+        configs=(("segment.ms", STATUS_SEGMENT_MS), ("min.cleanable.dirty.ratio", 0.2)),
+        key="patient/practice/month: the compaction key (the partition is the patient's).",
+    ),
     "fhir_chargeitem": ChannelSpec(
         "send", "FHIR R4 ChargeItems, one per billing line of each record revision.", (_FHIR,)
     ),
@@ -197,11 +215,7 @@ def build(settings: Settings | None = None, version: str = "0.1.0") -> dict[str,
                 "payload": payloads[m.name],
                 "bindings": {
                     "kafka": {
-                        "key": {
-                            "type": "string",
-                            "description": "The patient id: every topic is partitioned by it"
-                            + (" (any key on close commands)." if field == "month_close" else "."),
-                        },
+                        "key": {"type": "string", "description": spec.key},
                         "bindingVersion": KAFKA_BINDING_VERSION,
                     }
                 },

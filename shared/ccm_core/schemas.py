@@ -13,6 +13,7 @@ from .contracts import (
     FhirChargeItemEnvelope,
     MonthCloseCommand,
     RejectedInput,
+    TallyStatus,
     ThresholdEvent,
     TimeLogged,
     TimeLogVoided,
@@ -26,6 +27,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "billing_record.v1": Envelope[BillingRecord],
     "rejected_input.v1": Envelope[RejectedInput],
     "fhir_chargeitem.v1": FhirChargeItemEnvelope,
+    "tally_status.v1": Envelope[TallyStatus],
 }
 
 

@@ -24,6 +24,7 @@ class Topics(BaseSettings):
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
     fhir_chargeitem: str = "ccm.fhir-chargeitem.v1"
+    tally_status: str = "ccm.tally-status.v1"  # compacted: latest status per patient-month
 
     def output_topic(self, kind: str) -> str:
         """The topic of an output of ``kind`` (``ccm_core.tally.Output.kind``).
@@ -36,6 +37,7 @@ class Topics(BaseSettings):
             "billing_record": self.billing_record,
             "rejected": self.dlq,
             "fhir_chargeitem": self.fhir_chargeitem,
+            "status": self.tally_status,
         }
         return topics[kind]
 
@@ -49,6 +51,7 @@ class Topics(BaseSettings):
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
             fhir_chargeitem=f"{prefix}.fhir-chargeitem",
+            tally_status=f"{prefix}.tally-status",
         )
 
 
@@ -87,6 +90,13 @@ class Settings(BaseSettings):
         default=None,
         description="Host other workers use to reach this one (look-up forwarding); "
         "defaults to web_host, or to this host's address when web_host is 0.0.0.0.",
+    )
+    console_host: str = Field(
+        default="127.0.0.1", description="Bind address of the care-team console (worklist)."
+    )
+    console_port: int = Field(default=6070, description="Port of the care-team console.")
+    console_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="How often the worklist page refreshes itself."
     )
     batch_max_events: Annotated[int, Field(gt=0)] = 5000
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0

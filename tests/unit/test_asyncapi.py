@@ -82,6 +82,7 @@ def test_payload_schemas_accept_real_inputs_and_outputs() -> None:
         "org.ccmtally.billing-record.v1": "billingRecord",
         "org.ccmtally.rejected-input.v1": "rejectedInput",
         "org.ccmtally.fhir-chargeitem.v1": "fhirChargeItem",
+        "org.ccmtally.tally-status.v1": "tallyStatus",
     }
     seen = set()
     for line in SAMPLE.read_text().splitlines():
@@ -95,7 +96,7 @@ def test_payload_schemas_accept_real_inputs_and_outputs() -> None:
     script = Path(sys.executable).parent / "ccm-tally"
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "ccm_cli.main"]
     replay = subprocess.run(
-        [*cli, "replay", str(SAMPLE)], capture_output=True, text=True, check=True
+        [*cli, "replay", str(SAMPLE), "--status"], capture_output=True, text=True, check=True
     )
     for line in replay.stdout.splitlines():
         envelope = json.loads(line)

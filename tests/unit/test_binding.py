@@ -48,6 +48,7 @@ def test_every_output_kind_carries_the_structured_mode_content_type() -> None:
         "billing_record",
         "rejected",
         "fhir_chargeitem",
+        "status",
     }
     for out in outputs:
         headers = kafka_headers(out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,7 +20,7 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from ccm_core.binding import STRUCTURED_JSON, kafka_headers
-from ccm_core.tally import Output
+from ccm_core.tally import Output, OutputKind
 from tests.integration.harness import Stack, WorkerProcess, produce, send_close, wait_processed
 from tests.unit.test_binding import month_outputs
 from tests.unit.unit_helpers import encode, local
@@ -60,6 +60,11 @@ async def _read_messages(
         await consumer.stop()
 
 
+def output_topics(stack: Stack) -> list[str]:
+    """The topic of every output kind."""
+    return [stack.settings.topics.output_topic(kind) for kind in get_args(OutputKind)]
+
+
 def sdk_message(msg: Any) -> KafkaMessage:
     """An aiokafka ConsumerRecord as the SDK's KafkaMessage (headers: name -> bytes)."""
     return KafkaMessage(headers=dict(msg.headers), key=msg.key, value=msg.value)
@@ -85,8 +90,7 @@ def test_headers_survive_the_broker_and_the_sdk_reads_the_events(kafka_bootstrap
     stack.create_topics()
     outputs = month_outputs()
     asyncio.run(_produce_outputs(stack, outputs))
-    t = stack.settings.topics
-    topics = [t.threshold, t.billing_record, t.dlq, t.fhir_chargeitem]
+    topics = output_topics(stack)
     messages = asyncio.run(_read_messages(kafka_bootstrap, topics, stack.partitions))
     assert len(messages) == len(outputs)
     by_id = {json.loads(o.to_json())["id"]: o for o in outputs}
@@ -135,8 +139,7 @@ def test_worker_outputs_are_structured_mode_cloudevents(
         wait_processed(stack)
     finally:
         worker.stop()
-    t = stack.settings.topics
-    topics = [t.threshold, t.billing_record, t.dlq, t.fhir_chargeitem]
+    topics = output_topics(stack)
     messages = asyncio.run(_read_messages(kafka_bootstrap, topics, stack.partitions))
     assert {m.topic for m in messages} == set(topics)
     for msg in messages:

@@ -67,7 +67,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     parts = ", ".join(f"{o.value} {tally.outcomes[o]}" for o in Outcome)
     status_part = f", {counts['status']} status records" if args.status else ""
     print(
-        f"replay: {seen} events ({parts}); emitted {counts['threshold']} threshold events, "
+        f"replay: {seen} events ({parts}), {tally.closes} month-close commands; "
+        f"emitted {counts['threshold']} threshold events, "
         f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records, "
         f"{counts['fhir_chargeitem']} FHIR ChargeItems{status_part}",
         file=sys.stderr,
@@ -172,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="run a JSONL file of input events through the core, no broker"
     )
-    replay.add_argument("events", type=Path, help="JSON lines of time_logged / time_log_voided")
+    replay.add_argument(
+        "events",
+        type=Path,
+        help="JSON lines: time logs, voids, enrollment events and month_close commands, "
+        "applied in file order",
+    )
     replay.add_argument("--out", type=Path, help="write outputs here instead of stdout")
     replay.add_argument(
         "--as-of",

@@ -26,6 +26,7 @@ from .producer import ProduceStats, produce
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TOPIC = "ccm.timelog.v1"
+DEFAULT_ENROLLMENT_TOPIC = "ccm.enrollment.v1"
 
 
 def _share(text: str) -> float:
@@ -140,6 +141,16 @@ def add_simulator_args(parser: argparse.ArgumentParser) -> None:
         help=f"Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or {DEFAULT_BOOTSTRAP})",
     )
     out.add_argument("--topic", default=DEFAULT_TOPIC)
+    out.add_argument(
+        "--enrollment-topic",
+        default=DEFAULT_ENROLLMENT_TOPIC,
+        help="topic of the enrollment events (consent, eligibility, other codes)",
+    )
+    out.add_argument(
+        "--no-enrollment",
+        action="store_true",
+        help="no enrollment events (practices without an enrollment feed)",
+    )
     out.add_argument("--rate", type=_rate, default=None, help="target events/s (default: no limit)")
     out.add_argument("--limit", type=_positive_int, default=None, help="stop after N events")
     out.add_argument(
@@ -170,6 +181,8 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
     }
     if args.payer_mix is not None:
         fields["payer_mix"] = args.payer_mix
+    if getattr(args, "no_enrollment", False):
+        fields.update(consent=0.0, attested=0.0, other_codes=0.0)
     return SimulationSpec.model_validate(fields)
 
 
@@ -267,17 +280,28 @@ def run_simulator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    enrollment: list[SimEvent] = []
+
+    def time_logs() -> Iterator[SimEvent]:
+        """Time logs to their topic as they come; enrollment events kept for their own."""
+        for event in counted:
+            if event.kind == "enrollment":
+                enrollment.append(event)
+            else:
+                yield event
+
     try:
+        callback = report if show_progress else None
         stats = asyncio.run(
-            produce(
-                bootstrap,
-                args.topic,
-                counted,
-                args.rate,
-                report if show_progress else None,
-                security=security,
-            )
+            produce(bootstrap, args.topic, time_logs(), args.rate, callback, security=security)
         )
+        if enrollment:
+            more = asyncio.run(
+                produce(bootstrap, args.enrollment_topic, enrollment, args.rate, security=security)
+            )
+            stats.sent += more.sent
+            stats.failed += more.failed
+            stats.errors += more.errors
     except KeyboardInterrupt:
         print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
         return 130

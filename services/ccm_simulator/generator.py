@@ -56,12 +56,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ccm_core.contracts import NEVER_LICENSED_ROLES, Activity, Reason, Role, VoidReason
 from ccm_core.months import month_end, next_month, parse_month
 
-EventKind = Literal["log", "late", "void", "duplicate", "malformed"]
+EventKind = Literal["log", "late", "void", "duplicate", "malformed", "enrollment"]
 """``log``: a time log recorded on time (including corrections, overlaps, midnight crossers);
 ``late``: a time log recorded after its month ended; ``void``: a ``time_log_voided``;
-``duplicate``: an exact redelivery of an earlier valid event; ``malformed``: a bad payload."""
+``duplicate``: an exact redelivery of an earlier valid event; ``malformed``: a bad payload;
+``enrollment``: a consent, eligibility or other-code event (topic ``ccm.enrollment.v1``)."""
 
-EVENT_KINDS: tuple[EventKind, ...] = ("log", "late", "void", "duplicate", "malformed")
+EVENT_KINDS: tuple[EventKind, ...] = (
+    "log",
+    "late",
+    "void",
+    "duplicate",
+    "malformed",
+    "enrollment",
+)
 
 Stage = Literal["decode", "engine"]
 """Where a malformed payload is rejected: by ``ccm_core.ingest.decode`` (wire validation) or by
@@ -178,6 +186,21 @@ class SimulationSpec(BaseModel):
     )
     utc_practices: float = Field(
         0.25, ge=0, le=1, description="Share of practices (rounded) whose EHR sends `start` in UTC."
+    )
+    consent: float = Field(
+        0.96, ge=0, le=1, description="Share of patients whose consent is recorded (enrollment)."
+    )
+    withdrawals: float = Field(
+        0.01, ge=0, le=1, description="Share of consenting patients withdrawing in a month."
+    )
+    attested: float = Field(
+        0.96, ge=0, le=1, description="Share of active patient-months with an attestation."
+    )
+    not_eligible: float = Field(
+        0.04, ge=0, le=1, description="Share of attestations not meeting the criteria."
+    )
+    other_codes: float = Field(
+        0.02, ge=0, le=1, description="Share of active patient-months with another code billed."
     )
     id_prefix: str = Field("sim", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     seed: int = 0
@@ -508,6 +531,11 @@ class _Simulator:
             if not members:  # fewer staff than practices: staff work at several practices
                 members.append(self.staff[i % len(self.staff)])
         self.patients = self._make_patients()
+        # enrollment events draw from their own generator, so that the time logs of a seed
+        # stay byte for byte what they were before the enrollment feed existed
+        self.enroll_rnd = random.Random(f"{spec.seed}:enrollment").random
+        self.consenting: set[str] = set()
+        self.enroll_seq = 0
 
     # ---------------------------------------------------------------- world
 
@@ -654,7 +682,9 @@ class _Simulator:
             contexts = [self._practice_month(i, month) for i in range(len(spec.practices))]
             batch = carry
             for patient in self.patients:
+                before = len(batch)
                 self._patient_month(patient, contexts[patient.practice], batch)
+                self._enrollment(patient, month, contexts[patient.practice], before, batch)
             batch.sort(key=_AT)  # stable: ties keep generation order (deterministic)
             # every later month's event arrives after the earliest local month end
             watermark = min(c.end for c in contexts)
@@ -718,6 +748,64 @@ class _Simulator:
         count = int(expected) + (rnd() < expected - int(expected))
         for _ in range(count):
             out.append(self._malformed(p, templates[int(rnd() * len(templates))]))
+
+    def _enrollment(
+        self, p: _Patient, month: str, pm: _PracticeMonth, first: int, out: list[SimEvent]
+    ) -> None:
+        """The enrollment feed's events of a patient-month: consent (first month), a rare
+        withdrawal, the month's eligibility attestation, a rare other code billed."""
+        spec, rnd = self.spec, self.enroll_rnd
+        practice_id = spec.practices[p.practice]
+        head = {"patient_id": p.patient_id, "practice_id": practice_id}
+        zone = self.zones[p.practice]
+        month_start = pm.days[0].epoch
+
+        def emit(event_type: str, at: int, **fields: Any) -> None:
+            body = {"event_type": event_type, "schema_version": 1, "event_id": self._enroll_id()}
+            body.update(head)
+            body.update(fields)
+            body["recorded_at"] = self._iso(at, "Z")
+            out.append(SimEvent(p.patient_id, _DUMPS(body).encode(), "enrollment", at, event_type))
+
+        if month == spec.start_month and rnd() < spec.consent:
+            at = month_start - 86400 * (1 + int(rnd() * 60))
+            consented = datetime.fromtimestamp(at, zone).date()
+            emit("consent_recorded", at, consent_date=consented.isoformat())
+            self.consenting.add(p.patient_id)
+        elif p.patient_id in self.consenting and rnd() < spec.withdrawals:
+            day = pm.days[int(rnd() * len(pm.days))]
+            at = day.epoch + 9 * 3600 + int(rnd() * 8 * 3600)
+            withdrawn = datetime.fromtimestamp(at, zone).date()
+            emit("consent_withdrawn", at, withdrawn_date=withdrawn.isoformat())
+            self.consenting.discard(p.patient_id)
+        logs = [e for e in out[first:] if e.kind in ("log", "late") and e.detail == ""]
+        if not logs:
+            return  # not active this month
+        if rnd() < spec.attested:
+            day = pm.days[int(rnd() * len(pm.days))]
+            at = day.epoch + 8 * 3600 + int(rnd() * 9 * 3600)
+            eligible = rnd() >= spec.not_eligible
+            emit(
+                "eligibility_attested",
+                at,
+                service_month=month,
+                chronic_conditions=2 + int(rnd() * 4) if eligible else 1,
+                care_plan=("established", "revised")[int(rnd() * 2)],
+                medical_decision_making=("moderate", "high")[int(rnd() * 2)],
+            )
+        if rnd() < spec.other_codes:
+            at = pm.end + 86400 * (1 + int(rnd() * 3))
+            if rnd() < 0.5:
+                code = ("99490", "99439", "G0556")[int(rnd() * 3)]
+                emit("code_billed", at, service_month=month, code=code, time_log_ids=[])
+            else:  # TCM billed on one of the month's logs: its time is not counted again
+                log = logs[int(rnd() * len(logs))]
+                log_id = json.loads(log.value)["event_id"]
+                emit("code_billed", at, service_month=month, code="99495", time_log_ids=[log_id])
+
+    def _enroll_id(self) -> str:
+        self.enroll_seq += 1
+        return f"{self.spec.id_prefix}-en{self.spec.seed}-{self.enroll_seq:09d}"
 
     def _recorded_delay(self) -> int:
         rnd = self.rnd

@@ -51,7 +51,6 @@ from aiokafka.errors import KafkaError  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 from faust.serializers import codecs  # noqa: E402
 from faust.types import TP  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
 
 from ccm_core import codec as ledger_codec  # noqa: E402
 from ccm_core.config import CoreConfig, load_config  # noqa: E402
@@ -61,9 +60,15 @@ from ccm_core.contracts import (  # noqa: E402
     Outcome,
     Reason,
     ThresholdEvent,
-    reason_from_validation_error,
 )
-from ccm_core.ingest import Processed, Source, process, rejected_output  # noqa: E402
+from ccm_core.ingest import (  # noqa: E402
+    Processed,
+    Source,
+    apply_close,
+    decode_close,
+    process,
+    rejected_output,
+)
 from ccm_core.observability import (  # noqa: E402
     ASSIGNED_PARTITIONS,
     BATCH_SIZE,
@@ -83,7 +88,6 @@ from ccm_core.observability import (  # noqa: E402
 )
 from ccm_core.settings import Settings  # noqa: E402
 from ccm_core.tally import (  # noqa: E402
-    CloseTrigger,
     Output,
     PatientLedger,
     TallyEngine,
@@ -109,9 +113,9 @@ def changelog_topic_name(settings: Settings) -> str:
 
 
 def input_topics(settings: Settings) -> list[str]:
-    """The agent's input topics: time logs and close commands."""
+    """The agent's input topics: time logs, enrollment events and close commands."""
     t = settings.topics
-    return [t.timelog, t.month_close]
+    return [t.timelog, t.enrollment, t.month_close]
 
 
 def home_partition(key: bytes, partitions: int) -> int:
@@ -535,18 +539,14 @@ class TallyWorker:
     # ------------------------------------------------------------------ month close
 
     def _close(self, raw: bytes, msg: Any, now: datetime, touched: Ledgers) -> list[Output]:
-        """Apply a close command to the ledgers of the message's partition."""
+        """Apply a close command to the ledgers of the message's partition (the core's
+        ``apply_close``, which replay applies to a close line too)."""
         started = time.perf_counter()
         source = Source(msg.topic, msg.partition, msg.offset)
-        try:
-            command = MonthCloseCommand.model_validate_json(raw)
-        except ValidationError as err:
+        command, dead = decode_close(raw, source, now)
+        if command is None:
             log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)
-            reason, message = reason_from_validation_error(err)
-            return [rejected_output(raw, reason, message, source, None, now)]
-        trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
-        outputs: list[Output] = []
-        closed = archived = 0
+            return [dead] if dead is not None else []
         partition = msg.partition
         # ledgers are changed in place: a stored one is also this batch's; ledgers created in
         # this batch and not stored yet are in ``touched``
@@ -556,16 +556,9 @@ class TallyWorker:
             if ledger.partition == partition
         }
         ledgers.update(touched)
-        for patient_id, ledger in ledgers.items():
-            produced = self.engine.close(ledger, command, trigger)
-            if produced:
-                closed += len(produced)
-                touched[patient_id] = ledger
-                outputs += produced
-            # due closes also archive months past their filing window: state stays bounded
-            if command.mode == "due" and ledger.months and self.engine.prune(ledger, command.as_of):
-                archived += 1
-                touched[patient_id] = ledger
+        outputs, changed = apply_close(self.engine, ledgers.values(), command)
+        for ledger in changed:
+            touched[ledger.patient_id] = ledger
         elapsed = time.perf_counter() - started
         MONTH_CLOSE.observe(elapsed)
         log.info(
@@ -573,8 +566,8 @@ class TallyWorker:
             command_id=command.command_id,
             mode=command.mode,
             partition=partition,
-            records=closed,
-            archived_ledgers=archived,
+            outputs=len(outputs),
+            ledgers_changed=len(changed),
             seconds=round(elapsed, 3),
         )
         return outputs

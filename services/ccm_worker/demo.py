@@ -70,19 +70,26 @@ async def _produce(settings: Settings, events: list[Any], rate: float | None, la
     from .kafka_security import aiokafka_kwargs
 
     total = len(events)
+    enrollment = [e for e in events if getattr(e, "kind", "") == "enrollment"]
+    logs = [e for e in events if getattr(e, "kind", "") != "enrollment"]
 
     def progress(stats: Any) -> None:
         _status(f"  {label} {_bar(stats.submitted, total)}")
 
-    await produce(
-        settings.kafka_bootstrap_servers,
-        settings.topics.timelog,
-        events,
-        rate,
-        progress,
-        progress_every=max(1, total // 20),
-        security=aiokafka_kwargs(settings),
-    )
+    for topic, batch in (
+        (settings.topics.enrollment, enrollment),
+        (settings.topics.timelog, logs),
+    ):
+        if batch:
+            await produce(
+                settings.kafka_bootstrap_servers,
+                topic,
+                batch,
+                rate,
+                progress,
+                progress_every=max(1, total // 20),
+                security=aiokafka_kwargs(settings),
+            )
     _status(f"  {label} {_bar(total, total)}", final=True)
 
 
@@ -106,6 +113,8 @@ def summarize(outputs: dict[str, list[dict[str, Any]]], metrics_url: str) -> str
             latest[data["record_id"]] = data
     records = list(latest.values())
     billed = [r for r in records if r["billable"]]
+    held = [r for r in records if r.get("hold_reasons") and r.get("held_lines")]
+    holds: Counter[str] = Counter(h for r in held for h in r["hold_reasons"])
     units: Counter[str] = Counter()
     by_payer: Counter[str] = Counter()
     for r in billed:
@@ -124,7 +133,9 @@ def summarize(outputs: dict[str, list[dict[str, Any]]], metrics_url: str) -> str
         "=" * 52,
         f"patient-months with a record   {len(records):>8}",
         f"  billable (99487 reached)     {len(billed):>8}",
-        f"  not billable (< entry time)  {len(records) - len(billed):>8}",
+        f"  held (time reached, gated)   {len(held):>8}",
+        *(f"    {reason:<26} {n:>8}" for reason, n in holds.most_common()),
+        f"  not billable (< entry time)  {len(records) - len(billed) - len(held):>8}",
         "billed patients by payer       "
         + ", ".join(f"{p} {n}" for p, n in sorted(by_payer.items())),
         "units by CPT code              "

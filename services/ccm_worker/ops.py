@@ -20,8 +20,9 @@ from .kafka_security import aiokafka_kwargs
 
 
 async def committed_lag(settings: Settings) -> int:
-    """Input messages (time logs and close commands) the worker group has not committed yet."""
-    topics = [settings.topics.timelog, settings.topics.month_close]
+    """Input messages (time logs, enrollment events and close commands) the worker group has
+    not committed yet."""
+    topics = [settings.topics.timelog, settings.topics.enrollment, settings.topics.month_close]
     security = aiokafka_kwargs(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **security)

@@ -18,6 +18,7 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
     plan = {
         t.timelog: n,
         t.month_close: n,
+        t.enrollment: n,
         t.threshold: n,
         t.billing_record: n,
         t.dlq: n,

@@ -21,6 +21,10 @@ from pydantic.json_schema import models_json_schema
 
 from .contracts import (
     BillingRecord,
+    CodeBilled,
+    ConsentRecorded,
+    ConsentWithdrawn,
+    EligibilityAttested,
     Envelope,
     FhirChargeItemEnvelope,
     MonthCloseCommand,
@@ -63,6 +67,24 @@ _TIME_LOGGED = MessageSpec(
 _TIME_LOG_VOIDED = MessageSpec(
     "timeLogVoided", "time_log_voided", TimeLogVoided, "Cancels an earlier time log."
 )
+_ENROLLMENT = (
+    MessageSpec("consentRecorded", "consent_recorded", ConsentRecorded, "The patient consented."),
+    MessageSpec(
+        "consentWithdrawn", "consent_withdrawn", ConsentWithdrawn, "The patient withdrew consent."
+    ),
+    MessageSpec(
+        "eligibilityAttested",
+        "eligibility_attested",
+        EligibilityAttested,
+        "The practice attests complex-CCM eligibility for a month.",
+    ),
+    MessageSpec(
+        "codeBilled",
+        "code_billed",
+        CodeBilled,
+        "Another care-management code was billed for the patient and month.",
+    ),
+)
 _MONTH_CLOSE = MessageSpec(
     "monthClose", "month_close", MonthCloseCommand, "Close a practice's month, or all due months."
 )
@@ -102,6 +124,12 @@ CHANNELS: dict[str, ChannelSpec] = {
         "receive",
         "EHR time logs and voids (input).",
         (_TIME_LOGGED, _TIME_LOG_VOIDED),
+        cloudevents=False,
+    ),
+    "enrollment": ChannelSpec(
+        "receive",
+        "The enrollment feed: consent, eligibility, other codes billed (input).",
+        _ENROLLMENT,
         cloudevents=False,
     ),
     "month_close": ChannelSpec(

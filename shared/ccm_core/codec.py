@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 
 from .contracts import Activity, Role, VoidReason
-from .tally import LogEntry, MonthTally, PatientLedger, VoidEntry, shared
+from .tally import EnrollmentEntry, LogEntry, MonthTally, PatientLedger, VoidEntry, shared
 
-LAYOUT_VERSION = 2  # 2 added archived months ("ar"); layout 1 still loads
+LAYOUT_VERSION = 3  # 2 added archived months ("ar"), 3 enrollment events ("en"); 1, 2 load
 
 
 def _log(e: LogEntry) -> list[Any]:
@@ -117,11 +117,26 @@ def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
         "ar": [
             [practice, month, revision] for (practice, month), revision in ledger.archived.items()
         ],
+        "en": [
+            [
+                e.event_id,
+                e.fingerprint,
+                e.kind,
+                e.practice_id,
+                e.day,
+                e.month,
+                e.eligible,
+                e.code,
+                list(e.log_ids),
+                e.recorded_at,
+            ]
+            for e in ledger.enrollment.values()
+        ],
     }
 
 
 def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
-    if data.get("v") not in (1, LAYOUT_VERSION):
+    if data.get("v") not in (1, 2, LAYOUT_VERSION):
         raise ValueError(f"unknown ledger layout {data.get('v')!r}")
     ledger = PatientLedger(data["p"], partition=data["pt"])
     for raw in data["m"]:
@@ -133,6 +148,11 @@ def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
     ledger.pending = dict(data["pe"])
     if data.get("ar"):
         ledger.archived = {(a[0], a[1]): a[2] for a in data["ar"]}
+    if data.get("en"):
+        ledger.enrollment = {
+            e[0]: EnrollmentEntry(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], tuple(e[8]), e[9])
+            for e in data["en"]
+        }
     return ledger
 
 

@@ -26,6 +26,9 @@ class PracticeSettings(BaseModel):
     max_log_minutes: Annotated[int, Field(gt=0)] = 480
     timely_filing_months: Annotated[int, Field(gt=0)] = 12
     clock_skew_minutes: Annotated[int, Field(ge=0)] = 10
+    enrollment_feed: bool = True
+    """The practice sends enrollment events (consent, eligibility); false switches the
+    profile's consent and eligibility gates off, and its records say so."""
 
     @field_validator("time_zone")
     @classmethod

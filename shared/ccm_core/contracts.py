@@ -128,6 +128,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     VOIDED = "voided"
     REJECTED = "rejected"
+    RECORDED = "recorded"  # an enrollment event (consent, eligibility, other code) was stored
 
 
 class _Wire(BaseModel):
@@ -228,6 +229,128 @@ InputEvent = Annotated[TimeLogged | TimeLogVoided, Field(discriminator="event_ty
 INPUT_ADAPTER: TypeAdapter[TimeLogged | TimeLogVoided] = TypeAdapter(InputEvent)
 
 
+# --------------------------------------------------------------------------------------------
+# Enrollment feed (topic ``ccm.enrollment.v1``, keyed by patient id): rules file section 7
+# --------------------------------------------------------------------------------------------
+
+EXCLUDING_CODES: frozenset[str] = frozenset({"99490", "99439", "G0556", "G0557", "G0558"})
+"""Billed for the patient and month by anyone, these exclude 99487/99489 that month."""
+
+TIME_NOT_COUNTED_AGAIN_CODES: frozenset[str] = frozenset(
+    {"99491", "99437", "99424", "99425", "99426", "99427", "99484", "99492", "99493", "99494"}
+    | {"99495", "99496"}
+)
+"""Time billed under these codes is never counted again toward 99487/99489."""
+
+OtherCode = Literal[
+    "99490",
+    "99439",
+    "G0556",
+    "G0557",
+    "G0558",
+    "99491",
+    "99437",
+    "99424",
+    "99425",
+    "99426",
+    "99427",
+    "99484",
+    "99492",
+    "99493",
+    "99494",
+    "99495",
+    "99496",
+]
+
+
+class ConsentRecorded(_Wire):
+    """The patient consented to complex CCM by this practice, effective ``consent_date``."""
+
+    event_type: Literal["consent_recorded"] = "consent_recorded"
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    patient_id: Identifier
+    practice_id: Identifier
+    consent_date: date = Field(description="Local date from which the consent holds.")
+    recorded_at: AwareDatetime
+
+
+class ConsentWithdrawn(_Wire):
+    """The patient withdrew consent from this practice, effective ``withdrawn_date``."""
+
+    event_type: Literal["consent_withdrawn"] = "consent_withdrawn"
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    patient_id: Identifier
+    practice_id: Identifier
+    withdrawn_date: date = Field(description="Local date from which there is no consent.")
+    recorded_at: AwareDatetime
+
+
+class EligibilityAttested(_Wire):
+    """The practice attests complex-CCM eligibility for one month. The latest attestation of a
+    practice and month (by ``recorded_at``, then ``event_id``) is the one that holds."""
+
+    event_type: Literal["eligibility_attested"] = "eligibility_attested"
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    patient_id: Identifier
+    practice_id: Identifier
+    service_month: ServiceMonth
+    chronic_conditions: Annotated[int, Field(ge=0, le=100)] = Field(
+        description="Chronic conditions expected to last 12 months or until death; needs 2+."
+    )
+    care_plan: Literal["established", "revised", "unchanged", "none"] = Field(
+        description="Comprehensive care plan in the month: established or revised qualifies."
+    )
+    medical_decision_making: Literal["straightforward", "low", "moderate", "high"] = Field(
+        description="Complexity of medical decision making: moderate or high qualifies."
+    )
+    recorded_at: AwareDatetime
+
+    @property
+    def eligible(self) -> bool:
+        return (
+            self.chronic_conditions >= 2
+            and self.care_plan in ("established", "revised")
+            and self.medical_decision_making in ("moderate", "high")
+        )
+
+
+class CodeBilled(_Wire):
+    """Another care-management code was billed for the patient and month, by any practice.
+
+    99490/99439 and APCM G0556-G0558 exclude 99487/99489 that month. Time billed under
+    99491/99437, PCM 99424-99427, BHI 99484/99492-99494 or TCM 99495-99496 is never counted
+    again: the time logs it used (``time_log_ids``) are excluded from the tally.
+    """
+
+    event_type: Literal["code_billed"] = "code_billed"
+    schema_version: Literal[1] = 1
+    event_id: Identifier
+    patient_id: Identifier
+    practice_id: Identifier = Field(description="The practice that billed the code.")
+    service_month: ServiceMonth
+    code: OtherCode
+    time_log_ids: Annotated[list[Identifier], Field(max_length=500)] = Field(
+        default_factory=list,
+        description="event_ids of the time logs billed under the code (never counted again).",
+    )
+    recorded_at: AwareDatetime
+
+
+EnrollmentEvent = ConsentRecorded | ConsentWithdrawn | EligibilityAttested | CodeBilled
+ENROLLMENT_ADAPTER: TypeAdapter[EnrollmentEvent] = TypeAdapter(
+    Annotated[EnrollmentEvent, Field(discriminator="event_type")]
+)
+
+AnyInput = TimeLogged | TimeLogVoided | EnrollmentEvent
+ANY_INPUT_ADAPTER: TypeAdapter[AnyInput] = TypeAdapter(
+    Annotated[AnyInput, Field(discriminator="event_type")]
+)
+"""Every input event the core applies (time-log topic and enrollment topic)."""
+
+
 class MonthCloseCommand(_Wire):
     """Ops or the worker's own timer asks to close months.
 
@@ -260,6 +383,16 @@ class MonthCloseCommand(_Wire):
 # --------------------------------------------------------------------------------------------
 
 
+class HoldReason(StrEnum):
+    """Why a month whose time reaches the entry threshold is not billable (held)."""
+
+    NO_CONSENT = "no_consent"  # no consent of the practice in force on the date of service
+    NOT_ATTESTED = "not_attested"  # no eligibility attestation for the month
+    NOT_ELIGIBLE = "not_eligible"  # the latest attestation does not meet the criteria
+    EXCLUDING_CODE_BILLED = "excluding_code_billed"  # 99490/99439/G0556-G0558 that month
+    OTHER_PRACTICE_BILLS = "other_practice_bills"  # single-biller profile: another practice
+
+
 class ThresholdEvent(_Wire):
     """A billing threshold was reached, or revoked because voids dropped the total below it."""
 
@@ -276,6 +409,13 @@ class ThresholdEvent(_Wire):
     triggering_event_id: str = Field(description="The log (or void) that crossed the threshold.")
     occurrence: int = Field(description="1 the first time this unit is reached/revoked, then 2 …")
     month_closed: bool = Field(description="True when the month had already closed (late event).")
+    billable: bool = Field(
+        default=True,
+        description="Whether the month is billable as things stand (time reached and no hold).",
+    )
+    hold_reasons: list[HoldReason] = Field(
+        default_factory=list, description="What holds the month as things stand, if anything."
+    )
 
 
 class BillingLine(_Wire):
@@ -309,6 +449,51 @@ class RejectedLine(_Wire):
     message: str
 
 
+class ConsentStatus(_Wire):
+    status: Literal["active", "withdrawn", "none"] = Field(
+        description="The practice's consent in force on `checked_on`."
+    )
+    checked_on: date = Field(description="Date of service, or the month's last day.")
+    event_id: str | None = Field(default=None, description="The consent event in force.")
+
+
+class EligibilityStatus(_Wire):
+    status: Literal["eligible", "not_eligible", "not_attested"]
+    event_id: str | None = Field(default=None, description="The attestation that holds.")
+
+
+class OtherCodeLine(_Wire):
+    event_id: str
+    code: str
+    practice_id: str = Field(description="The practice that billed it.")
+    effect: Literal["excludes_month", "time_not_counted"]
+    time_log_ids: list[str]
+
+
+class Enrollment(_Wire):
+    """What the enrollment feed says about the month, and which requirements were applied."""
+
+    feed: bool = Field(
+        description="False: the practice sends no enrollment events and switched the consent "
+        "and eligibility gates off (they are reported, not applied)."
+    )
+    requirements: list[Literal["consent", "eligibility"]] = Field(
+        description="Requirements applied to this record (profile data, off without a feed)."
+    )
+    consent: ConsentStatus
+    eligibility: EligibilityStatus
+    other_codes: list[OtherCodeLine] = Field(description="Codes billed for the month by anyone.")
+
+
+class OtherPractice(_Wire):
+    """Another practice that logged time for the same patient and month (never pooled)."""
+
+    practice_id: str
+    qualifying_minutes: int
+    reached_entry: bool
+    billable: bool
+
+
 class BillingRecord(_Wire):
     """Month-close billing record of one patient, practice and local calendar month."""
 
@@ -334,6 +519,26 @@ class BillingRecord(_Wire):
     contributing_event_ids: list[str] = Field(description="Counted logs, the audit trail.")
     logs: list[LogLine]
     rejected: list[RejectedLine]
+    held_lines: list[BillingLine] = Field(
+        default_factory=list,
+        description="Lines the time supports but a hold stops (billable is false); "
+        "`lines` is empty then.",
+    )
+    hold_reasons: list[HoldReason] = Field(default_factory=list)
+    enrollment: Enrollment | None = Field(
+        default=None, description="Consent, eligibility and other codes of the month."
+    )
+    single_biller: bool = Field(
+        default=False,
+        description="The payer profile lets only one practice bill the patient-month.",
+    )
+    billing_practice_id: str | None = Field(
+        default=None,
+        description="Under a single-biller profile, the practice that may bill the month: "
+        "the one holding consent, else the first to reach the entry threshold (service "
+        "time), else the lowest practice id; None when no practice may.",
+    )
+    other_practices: list[OtherPractice] = Field(default_factory=list)
     close_trigger: Literal["timer", "command", "late_event", "replay"]
     closed_at: datetime
 
@@ -350,6 +555,8 @@ class MonthSummary(_Wire):
     next_threshold: str | None = Field(description="e.g. '99489 unit 2'; None at the cap.")
     minutes_to_next_threshold: int | None
     logs: int
+    billable: bool = Field(default=False, description="Billable as things stand.")
+    hold_reasons: list[HoldReason] = Field(default_factory=list)
     closed: bool
     revision: int | None
 

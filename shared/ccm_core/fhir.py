@@ -16,6 +16,9 @@ How revisions supersede (the record's ``revision`` 0, 1, 2 …):
   (``stable_id(record_id, code)``), so a FHIR server that PUTs it replaces the earlier
   version; its identifiers carry the record id, the line (record id + code) and the revision
   (``<record_id>/<revision>``), and the ``revision`` extension the number;
+- a line held by the record (time enough, but no consent, no eligibility attestation, another
+  code billed …: ``held_lines``, ``hold_reasons``) is a ChargeItem with ``status = on-hold``
+  and the hold reasons as extensions; once released, the next revision makes it ``billable``;
 - a code that a later revision no longer bills (voids dropped the total) gets a ChargeItem of
   the same id with ``status = entered-in-error`` and quantity 0. The stream does not know which
   codes an earlier revision carried (the ledger keeps only the last record's digest), so a
@@ -52,7 +55,9 @@ EXT_PAYER = f"{_BASE}/StructureDefinition/payer-profile"
 EXT_QUALIFYING_MINUTES = f"{_BASE}/StructureDefinition/qualifying-minutes"
 UCUM = "http://unitsofmeasure.org"
 
-Status = Literal["billable", "entered-in-error"]
+EXT_HOLD_REASON = f"{_BASE}/StructureDefinition/hold-reason"
+
+Status = Literal["billable", "on-hold", "entered-in-error"]
 
 
 def charge_item_id(record_id: str, code: str) -> str:
@@ -78,6 +83,12 @@ def charge_item(record: BillingRecord, code: str, units: int, status: Status) ->
     """
     practice = _reference("Organization", PRACTICE_ID_SYSTEM, record.practice_id)
     year, month = parse_month(record.service_month)
+    if status == "on-hold":  # why the line may not be billed yet (consent, eligibility ...)
+        resource_holds = [
+            {"url": EXT_HOLD_REASON, "valueCode": reason.value} for reason in record.hold_reasons
+        ]
+    else:
+        resource_holds = []
     if record.date_of_service is not None:
         occurrence: dict[str, Any] = {"occurrenceDateTime": record.date_of_service.isoformat()}
     else:  # not billable in this revision: the service month as a period
@@ -101,6 +112,7 @@ def charge_item(record: BillingRecord, code: str, units: int, status: Status) ->
                     "code": "min",
                 },
             },
+            *resource_holds,
         ],
         "identifier": [
             {"use": "official", "system": LINE_ID_SYSTEM, "value": f"{record.record_id}/{code}"},
@@ -121,20 +133,21 @@ def charge_item(record: BillingRecord, code: str, units: int, status: Status) ->
         "quantity": {"value": units},
     }
     supporting = []
-    if status == "billable":
+    if status != "entered-in-error":
         supporting = [
             {"identifier": {"system": TIME_LOG_SYSTEM, "value": event_id}}
             for event_id in record.contributing_event_ids
         ]
         resource["supportingInformation"] = supporting
-    _validate(resource, (status, code, "occurrenceDateTime" in resource, bool(supporting)))
+    shape = (status, code, "occurrenceDateTime" in resource, bool(supporting), len(resource_holds))
+    _validate(resource, shape)
     return resource
 
 
-_VALID_SHAPES: set[tuple[str, str, bool, bool]] = set()
+_VALID_SHAPES: set[tuple[str, str, bool, bool, int]] = set()
 
 
-def _validate(resource: dict[str, Any], shape: tuple[str, str, bool, bool]) -> None:
+def _validate(resource: dict[str, Any], shape: tuple[str, str, bool, bool, int]) -> None:
     """Validate ``resource`` with fhir.resources, once per shape.
 
     fhir.resources validates ~25 nested models per ChargeItem (1 ms of CPU, more with many
@@ -155,10 +168,13 @@ def _validate(resource: dict[str, Any], shape: tuple[str, str, bool, bool]) -> N
 
 
 def charge_items(record: BillingRecord, superseded: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """The ChargeItems of one record revision: one ``billable`` per line, and one
-    ``entered-in-error`` per code in ``superseded`` that this revision does not bill."""
-    billed = {line.code for line in record.lines}
+    """The ChargeItems of one record revision: one ``billable`` per line, one ``on-hold`` per
+    held line (the time supports it but consent, eligibility or another code stops it: the
+    record's ``hold_reasons`` as extensions), and one ``entered-in-error`` per code in
+    ``superseded`` that this revision neither bills nor holds."""
+    billed = {line.code for line in record.lines} | {line.code for line in record.held_lines}
     items = [charge_item(record, line.code, line.units, "billable") for line in record.lines]
+    items += [charge_item(record, line.code, line.units, "on-hold") for line in record.held_lines]
     items += [
         charge_item(record, code, 0, "entered-in-error")
         for code in sorted(set(superseded) - billed)
@@ -193,15 +209,16 @@ def latest_records(records: Iterable[BillingRecord]) -> list[tuple[BillingRecord
     latest: dict[str, BillingRecord] = {}
     codes: dict[str, set[str]] = {}
     for record in records:
-        codes.setdefault(record.record_id, set()).update(line.code for line in record.lines)
+        lines = [*record.lines, *record.held_lines]
+        codes.setdefault(record.record_id, set()).update(line.code for line in lines)
         seen = latest.get(record.record_id)
         if seen is None or record.revision > seen.revision:
             latest[record.record_id] = record
     out = []
     for record_id in sorted(latest):
         record = latest[record_id]
-        billed = {line.code for line in record.lines}
-        out.append((record, codes[record_id] - billed))
+        kept = {line.code for line in [*record.lines, *record.held_lines]}
+        out.append((record, codes[record_id] - kept))
     return out
 
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from .contracts import (
-    INPUT_ADAPTER,
+    ANY_INPUT_ADAPTER,
+    EnrollmentEvent,
     MonthCloseCommand,
     Outcome,
     Reason,
@@ -25,7 +26,7 @@ from .contracts import (
     TimeLogVoided,
     reason_from_validation_error,
 )
-from .tally import Output, PatientLedger, Result, TallyEngine, envelope, stable_id
+from .tally import CloseTrigger, Output, PatientLedger, Result, TallyEngine, envelope, stable_id
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -41,7 +42,7 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    event: TimeLogged | TimeLogVoided | None
+    event: TimeLogged | TimeLogVoided | EnrollmentEvent | None
     reason: Reason | None = None
     message: str = ""
 
@@ -51,7 +52,9 @@ def decode(raw: bytes) -> Decoded:
     if len(raw) > MAX_PAYLOAD_BYTES:
         return Decoded(None, Reason.INVALID_FIELD, f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
     try:
-        return Decoded(INPUT_ADAPTER.validate_json(raw))
+        # time logs, voids and the enrollment feed's events: one discriminated union, so the
+        # worker only has to subscribe to the enrollment topic
+        return Decoded(ANY_INPUT_ADAPTER.validate_json(raw))
     except ValidationError as err:
         reason, message = reason_from_validation_error(err)
         return Decoded(None, reason, message)
@@ -105,7 +108,7 @@ class Processed:
 
     outcome: Outcome
     outputs: list[Output]
-    event: TimeLogged | TimeLogVoided | None
+    event: TimeLogged | TimeLogVoided | EnrollmentEvent | None
     reason: Reason | None = None
     detail: str = ""
 
@@ -121,7 +124,10 @@ def process(
     key: str | None = None,
     received_at: datetime | None = None,
 ) -> tuple[Processed, PatientLedger | None]:
-    """Decode ``raw`` and apply it to its patient's ledger.
+    """Decode ``raw`` (a time log, a void or an enrollment-feed event: one function for every
+    input topic but the control topic) and apply it to its patient's ledger. A log that fails
+    validation is dead-lettered and, when its patient-month is readable, also listed on that
+    month's record (a closed month's record is re-issued).
 
     ``key`` is the Kafka message key, when there is one: it must be the patient id, or the
     patient's state would be split across partitions. ``received_at`` stamps DLQ records of
@@ -134,7 +140,9 @@ def process(
     if event is None:
         assert decoded.reason is not None
         dead = rejected_output(raw, decoded.reason, decoded.message, source, key, stamp)
-        return Processed(Outcome.REJECTED, [dead], None, decoded.reason), None
+        # rules 6: a log that failed validation is listed on its month's record too
+        listed, ledger = _list_on_record(engine, ledger_for, raw, key, decoded)
+        return Processed(Outcome.REJECTED, [dead, *listed], None, decoded.reason), ledger
     if key is not None and key != event.patient_id:
         message = "message key is not the event's patient_id"
         dead = rejected_output(raw, Reason.KEY_MISMATCH, message, source, key, event.recorded_at)
@@ -151,6 +159,124 @@ def process(
     return Processed(result.outcome, outputs, event, result.reason, result.detail), ledger
 
 
+def _readable_log(raw: bytes) -> dict[str, object] | None:
+    """The fields of a rejected ``time_logged`` that place it in a patient-month, if readable:
+    patient, practice, start (with a UTC offset), and payer, event id, recorded_at if any."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("event_type", "time_logged") != "time_logged":
+        return None
+    patient, practice = _peek(raw, "patient_id"), _peek(raw, "practice_id")
+    start = _aware(data.get("start"))
+    if patient is None or practice is None or start is None:
+        return None
+    if patient.strip() != patient or practice.strip() != practice:
+        return None
+    payer = data.get("payer")
+    return {
+        "patient_id": patient,
+        "practice_id": practice,
+        "start": start,
+        "payer": payer if isinstance(payer, str) else None,
+        "event_id": _peek(raw, "event_id") or "",
+        "recorded_at": _aware(data.get("recorded_at")) or start,
+    }
+
+
+def _aware(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _list_on_record(
+    engine: TallyEngine,
+    ledger_for: LedgerLookup,
+    raw: bytes,
+    key: str | None,
+    decoded: Decoded,
+) -> tuple[list[Output], PatientLedger | None]:
+    """List an undecodable log on its month's record (re-issued when closed)."""
+    fields = _readable_log(raw)
+    if fields is None or (key is not None and key != fields["patient_id"]):
+        return [], None
+    assert decoded.reason is not None
+    patient = str(fields["patient_id"])
+    ledger = ledger_for(patient)
+    start, at = fields["start"], fields["recorded_at"]
+    assert isinstance(start, datetime) and isinstance(at, datetime)
+    payer = fields["payer"]
+    outputs = engine.list_unreadable(
+        ledger,
+        str(fields["practice_id"]),
+        start,
+        payer if isinstance(payer, str) else None,
+        str(fields["event_id"]),
+        decoded.reason,
+        decoded.message,
+        at,
+    )
+    return outputs, ledger
+
+
+# ---------------------------------------------------------------- month close commands
+
+
+def is_close_command(raw: bytes) -> bool:
+    """Does an input line hold a control-topic command (``command_type``) rather than an
+    event? Replay reads both from one file."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "command_type" in data and "event_type" not in data
+
+
+def close_trigger(command: MonthCloseCommand) -> CloseTrigger:
+    """How a record closed by ``command`` says it was closed: the timer sends ``due``."""
+    return "timer" if command.mode == "due" else "command"
+
+
+def apply_close(
+    engine: TallyEngine, ledgers: Iterable[PatientLedger], command: MonthCloseCommand
+) -> tuple[list[Output], list[PatientLedger]]:
+    """Apply one month-close command to ledgers, as the stream does with the control topic
+    (every ledger of the command's partition) and replay with a close line (every ledger).
+
+    Returns the records issued and the ledgers changed (the caller persists them). A ``due``
+    close also archives the months past their filing window, so that state stays bounded.
+    """
+    trigger = close_trigger(command)
+    outputs: list[Output] = []
+    changed: list[PatientLedger] = []
+    for ledger in ledgers:
+        produced = engine.close(ledger, command, trigger)
+        pruned = (
+            engine.prune(ledger, command.as_of) if command.mode == "due" and ledger.months else 0
+        )
+        if produced or pruned:
+            changed.append(ledger)
+        outputs += produced
+    return outputs, changed
+
+
+def decode_close(
+    raw: bytes, source: Source, at: datetime
+) -> tuple[MonthCloseCommand | None, Output | None]:
+    """A control-topic message as a command, or its dead-letter record."""
+    try:
+        return MonthCloseCommand.model_validate_json(raw), None
+    except ValidationError as err:
+        reason, message = reason_from_validation_error(err)
+        return None, rejected_output(raw, reason, message, source, None, at)
+
+
 class LocalTally:
     """An in-memory set of ledgers: the stream's logic without the stream (replay, tests)."""
 
@@ -159,6 +285,7 @@ class LocalTally:
         self.ledgers: dict[str, PatientLedger] = {}
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.latest: datetime | None = None  # latest recorded_at seen: replay's close time
+        self.closes = 0  # month-close commands applied
 
     def ledger(self, patient_id: str) -> PatientLedger:
         found = self.ledgers.get(patient_id)
@@ -176,9 +303,27 @@ class LocalTally:
         return processed
 
     def feed_lines(self, lines: Iterable[bytes], name: str = "stdin") -> Iterator[Output]:
+        """Input events and month-close commands, applied in file order (the stream applies a
+        partition's inputs and its control commands in their order too)."""
         for number, line in enumerate(lines, start=1):
-            if line.strip():
-                yield from self.feed(line.strip(), Source(name, None, number)).outputs
+            raw = line.strip()
+            if not raw:
+                continue
+            source = Source(name, None, number)
+            if is_close_command(raw):
+                yield from self.feed_close(raw, source)
+            else:
+                yield from self.feed(raw, source).outputs
+
+    def feed_close(self, raw: bytes, source: Source) -> list[Output]:
+        """One month-close command line; an invalid one is dead-lettered, as by the worker."""
+        stamp = self.latest or datetime(1970, 1, 1, tzinfo=UTC)
+        command, dead = decode_close(raw, source, stamp)
+        if command is None:
+            assert dead is not None
+            return [dead]
+        self.closes += 1
+        return apply_close(self.engine, self.ledgers.values(), command)[0]
 
     def close(self, command: MonthCloseCommand) -> list[Output]:
         return [o for ledger in self.ledgers.values() for o in self.engine.close(ledger, command)]

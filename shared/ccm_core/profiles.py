@@ -34,6 +34,10 @@ class PayerProfile(BaseModel):
     excluded_roles: frozenset[Role] = frozenset()
     licensed_only: bool = False
     excluded_activities: frozenset[Activity] = frozenset()
+    single_biller: bool = False
+    """Only one practice may bill a patient-month (Medicare); the others' records are held."""
+    enrollment_requirements: frozenset[Literal["consent", "eligibility"]] = frozenset()
+    """Gates a practice with an enrollment feed must pass before a month is billable."""
 
     @model_validator(mode="after")
     def _order(self) -> PayerProfile:

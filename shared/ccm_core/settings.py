@@ -24,6 +24,7 @@ class Topics(BaseSettings):
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
     fhir_chargeitem: str = "ccm.fhir-chargeitem.v1"
+    enrollment: str = "ccm.enrollment.v1"  # input: consent, eligibility, other codes billed
     tally_status: str = "ccm.tally-status.v1"  # compacted: latest status per patient-month
 
     def output_topic(self, kind: str) -> str:
@@ -51,6 +52,7 @@ class Topics(BaseSettings):
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
             fhir_chargeitem=f"{prefix}.fhir-chargeitem",
+            enrollment=f"{prefix}.enrollment",
             tally_status=f"{prefix}.tally-status",
         )
 

@@ -28,20 +28,33 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import orjson
 
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
     ENVELOPES,
+    EXCLUDING_CODES,
     OUTPUT_TYPES,
+    TIME_NOT_COUNTED_AGAIN_CODES,
     Activity,
     BillingLine,
     BillingRecord,
+    CodeBilled,
+    ConsentRecorded,
+    ConsentStatus,
+    ConsentWithdrawn,
+    EligibilityAttested,
+    EligibilityStatus,
+    Enrollment,
+    EnrollmentEvent,
+    HoldReason,
     LogLine,
     MonthCloseCommand,
     MonthSummary,
+    OtherCodeLine,
+    OtherPractice,
     Outcome,
     OutputEnvelope,
     Reason,
@@ -82,7 +95,7 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp() // 1)
 
 
-def fingerprint(event: TimeLogged | TimeLogVoided) -> str:
+def fingerprint(event: TimeLogged | TimeLogVoided | EnrollmentEvent) -> str:
     """Content hash: same id + same fingerprint = identical redelivery."""
     return hashlib.blake2b(event.model_dump_json().encode(), digest_size=8).hexdigest()
 
@@ -251,6 +264,30 @@ NO_ARCHIVE: Mapping[MonthKey, int] = MappingProxyType({})
 
 
 @dataclass(slots=True)
+class EnrollmentEntry:
+    """One accepted enrollment event (consent, eligibility, other code billed)."""
+
+    event_id: str
+    fingerprint: str  # content hash of the event
+    kind: str  # the event_type
+    practice_id: str
+    day: str | None = None  # consent / withdrawal date, ISO (consent events)
+    month: str | None = None  # service month (attestations, codes billed)
+    eligible: bool | None = None  # attestations: all criteria met
+    code: str | None = None  # codes billed
+    log_ids: tuple[str, ...] = ()  # codes billed: time logs never counted again
+    recorded_at: int = 0
+
+    def consent_key(self) -> tuple[str, int, bool, str]:
+        """Order of consent events: effective date, then recorded, a withdrawal after a consent
+        recorded at the same moment, then event id: the last one is in force."""
+        return self.day or "", self.recorded_at, self.kind == "consent_withdrawn", self.event_id
+
+
+NO_ENROLLMENT: Mapping[str, EnrollmentEntry] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class PatientLedger:
     """All the state of one patient: the table value of the streaming worker."""
 
@@ -262,6 +299,8 @@ class PatientLedger:
     # months archived after their filing window (see TallyEngine.prune) -> last revision issued;
     # most ledgers have none: they share one empty read-only mapping (64 bytes saved each)
     archived: Mapping[MonthKey, int] = field(default_factory=lambda: NO_ARCHIVE)
+    # enrollment events (ccm.enrollment.v1) by event id; shared empty mapping until the first
+    enrollment: Mapping[str, EnrollmentEntry] = field(default_factory=lambda: NO_ENROLLMENT)
 
     def month_of_log(self, event_id: str) -> MonthKey | None:
         """The patient-month holding a log id (a patient has few months: a scan is cheap and
@@ -270,6 +309,39 @@ class PatientLedger:
             if event_id in month.logs:
                 return key
         return None
+
+
+class _Own(NamedTuple):
+    """A month judged on its own: level, dates, the enrollment facts and its own holds."""
+
+    level: int
+    dos: date | None
+    checked_on: date
+    consent: Literal["active", "withdrawn", "none"]
+    consent_id: str | None
+    eligibility: Literal["eligible", "not_eligible", "not_attested"]
+    attestation_id: str | None
+    requirements: list[Literal["consent", "eligibility"]]
+    codes: list[EnrollmentEntry]
+    holds: list[HoldReason]
+    feed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A month's billing standing as things stand: level, date of service and holds."""
+
+    level: int
+    date_of_service: date | None
+    holds: list[HoldReason]
+    enrollment: Enrollment | None  # None when assessed without detail
+    single_biller: bool
+    billing_practice_id: str | None
+    others: list[OtherPractice]
+
+    @property
+    def billable(self) -> bool:
+        return self.level >= 1 and not self.holds
 
 
 class Output:
@@ -392,7 +464,9 @@ class TallyEngine:
 
     # ---------------------------------------------------------------- inputs
 
-    def apply(self, ledger: PatientLedger, event: TimeLogged | TimeLogVoided) -> Result:
+    def apply(
+        self, ledger: PatientLedger, event: TimeLogged | TimeLogVoided | EnrollmentEvent
+    ) -> Result:
         """Apply one validated input event to its patient's ledger (mutated in place)."""
         if event.patient_id != ledger.patient_id:
             return self._reject(
@@ -400,8 +474,10 @@ class TallyEngine:
             )
         if isinstance(event, TimeLogged):
             result = self._apply_log(ledger, event)
-        else:
+        elif isinstance(event, TimeLogVoided):
             result = self._apply_void(ledger, event)
+        else:
+            return self._apply_enrollment(ledger, event)
         key = result.month
         if key is not None and (
             result.outputs or result.outcome in _STATUS_OUTCOMES
@@ -436,15 +512,33 @@ class TallyEngine:
             return self._reject(
                 Reason.EVENT_ID_CONFLICT, "event_id was already used by a void", eid
             )
+        if eid in ledger.enrollment:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by an enrollment event", eid
+            )
 
         profile = self.config.profiles.get(event.payer)
         if profile is None:
-            return self._reject(
-                Reason.UNKNOWN_PAYER_PROFILE,
+            message = (
                 f"payer profile '{event.payer}' is not configured "
-                f"(known: {', '.join(self.config.profiles.names())})",
-                eid,
+                f"(known: {', '.join(self.config.profiles.names())})"
             )
+            practice = self.config.practice(event.practice_id)
+            if practice is not None:  # rules 6: listed on the month's record when it exists
+                at_month: MonthKey = (
+                    event.practice_id,
+                    local_month_of_epoch(int(event.start.timestamp()), practice.time_zone),
+                )
+                if at_month in ledger.months:
+                    return self._reject_in_month(
+                        ledger,
+                        at_month,
+                        eid,
+                        Reason.UNKNOWN_PAYER_PROFILE,
+                        message,
+                        event.recorded_at,
+                    )
+            return self._reject(Reason.UNKNOWN_PAYER_PROFILE, message, eid)
         practice = self.config.practice(event.practice_id)
         if practice is None:
             return self._reject(Reason.UNKNOWN_PRACTICE, "practice_id is not configured", eid)
@@ -495,7 +589,10 @@ class TallyEngine:
             licensed=event.licensed,
             activity=event.activity,
             agency_contacted=shared(event.agency_contacted),
-            excluded_by=shared(profile.exclusion_rule(event.role, event.licensed, event.activity)),
+            excluded_by=shared(
+                profile.exclusion_rule(event.role, event.licensed, event.activity)
+                or self._billed_rule(ledger, eid)
+            ),
         )
         tally.logs[eid] = entry
         outputs: list[Output] = []
@@ -515,8 +612,8 @@ class TallyEngine:
         else:
             outcome, detail = Outcome.COUNTED, ""
             tally.add_interval(start, end)
-            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
-        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+            outputs += self._thresholds(ledger, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue_related(ledger, key, event.recorded_at)
         return Result(outcome, outputs, detail=detail, month=key)
 
     def _apply_void(self, ledger: PatientLedger, event: TimeLogVoided) -> Result:
@@ -535,6 +632,10 @@ class TallyEngine:
             )
         if ledger.month_of_log(eid) is not None:
             return self._reject(Reason.EVENT_ID_CONFLICT, "event_id was already used by a log", eid)
+        if eid in ledger.enrollment:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by an enrollment event", eid
+            )
         target = event.voided_event_id
         if target in ledger.voids:
             return self._reject(
@@ -576,8 +677,8 @@ class TallyEngine:
         if was_counted:
             tally.recount()
             profile = self._profile_of(tally)
-            outputs += self._thresholds(ledger.patient_id, tally, profile, eid, event.recorded_at)
-        outputs += self._reissue(ledger.patient_id, tally, event.recorded_at)
+            outputs += self._thresholds(ledger, tally, profile, eid, event.recorded_at)
+        outputs += self._reissue_related(ledger, key, event.recorded_at)
         return Result(Outcome.VOIDED, outputs, detail=f"voided:{target}", month=key)
 
     @staticmethod
@@ -601,6 +702,303 @@ class TallyEngine:
         if recorded + practice.clock_skew_minutes * 60 < end:
             return (Reason.RECORDED_BEFORE_SERVICE, "recorded_at is before the end of the work")
         return None
+
+    # ---------------------------------------------------------------- enrollment (rules 7, 8)
+
+    @staticmethod
+    def _billed_rule(ledger: PatientLedger, event_id: str) -> str | None:
+        """``billed_under:<code>`` when the log's time was billed under another code."""
+        found = min(
+            (
+                (e.event_id, e.code)
+                for e in ledger.enrollment.values()
+                if e.code in TIME_NOT_COUNTED_AGAIN_CODES and event_id in e.log_ids
+            ),
+            default=None,
+        )
+        return None if found is None else f"billed_under:{found[1]}"
+
+    def _apply_enrollment(self, ledger: PatientLedger, event: EnrollmentEvent) -> Result:
+        """Store a consent, eligibility or other-code event; re-issue closed months it changes.
+
+        The enrollment state is a set of events evaluated when a record or threshold event is
+        made, so the order in which enrollment and time-log events arrive does not change the
+        final record."""
+        eid = event.event_id
+        fp = fingerprint(event)
+        seen = ledger.enrollment.get(eid)
+        if seen is not None:
+            if seen.fingerprint == fp:
+                return Result(Outcome.DUPLICATE, [])
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT,
+                "event_id was already used for an enrollment event with different content",
+                eid,
+            )
+        if ledger.month_of_log(eid) is not None or eid in ledger.voids:
+            return self._reject(
+                Reason.EVENT_ID_CONFLICT, "event_id was already used by a log or void", eid
+            )
+        entry = EnrollmentEntry(
+            event_id=eid,
+            fingerprint=fp,
+            kind=event.event_type,
+            practice_id=event.practice_id,
+            recorded_at=epoch(event.recorded_at),
+        )
+        if isinstance(event, ConsentRecorded):
+            entry.day = event.consent_date.isoformat()
+        elif isinstance(event, ConsentWithdrawn):
+            entry.day = event.withdrawn_date.isoformat()
+        elif isinstance(event, EligibilityAttested):
+            entry.month, entry.eligible = event.service_month, event.eligible
+        else:
+            assert isinstance(event, CodeBilled)
+            entry.month, entry.code = event.service_month, event.code
+            entry.log_ids = tuple(sorted(set(event.time_log_ids)))
+        if not isinstance(ledger.enrollment, dict):
+            ledger.enrollment = {}
+        ledger.enrollment[eid] = entry
+        at = event.recorded_at
+        outputs: list[Output] = []
+        if entry.code in TIME_NOT_COUNTED_AGAIN_CODES:
+            for log_id in entry.log_ids:
+                key = ledger.month_of_log(log_id)
+                if key is None:
+                    continue  # the log comes later: it arrives excluded
+                tally = ledger.months[key]
+                log_entry = tally.logs[log_id]
+                was_counted = log_entry.counted
+                if log_entry.excluded_by is not None and not log_entry.excluded_by.startswith(
+                    "billed_under:"
+                ):
+                    continue  # a profile rule excludes it already, and names itself
+                # the code of the lowest event id names the rule, whatever the arrival order
+                log_entry.excluded_by = shared(self._billed_rule(ledger, log_id))
+                if was_counted and log_entry.voided_by is None:
+                    tally.recount()
+                    outputs += self._thresholds(ledger, tally, self._profile_of(tally), eid, at)
+                    if tally.payer_fixed:  # the month's minutes changed: its status too
+                        outputs.append(self.status(ledger.patient_id, tally, eid, at))
+        for tally in ledger.months.values():
+            if tally.closed:
+                outputs += self._issue(ledger, tally, at, "late_event")
+        return Result(Outcome.RECORDED, outputs, detail=event.event_type)
+
+    def _reissue_related(self, ledger: PatientLedger, key: MonthKey, at: datetime) -> list[Output]:
+        """Re-issue the changed month if closed, and the closed records of other practices of
+        the same patient and month (their single-biller standing may have changed)."""
+        outputs: list[Output] = []
+        for other_key, tally in ledger.months.items():
+            if tally.closed and other_key[1] == key[1]:
+                outputs += self._issue(ledger, tally, at, "late_event")
+        return outputs
+
+    def _consent(
+        self, ledger: PatientLedger, practice_id: str, on: date
+    ) -> tuple[Literal["active", "withdrawn", "none"], str | None]:
+        day = on.isoformat()
+        latest: EnrollmentEntry | None = None
+        for e in ledger.enrollment.values():
+            if (
+                e.kind in ("consent_recorded", "consent_withdrawn")
+                and e.practice_id == practice_id
+                and (e.day or "") <= day
+                and (latest is None or e.consent_key() > latest.consent_key())
+            ):
+                latest = e
+        if latest is None:
+            return "none", None
+        status: Literal["active", "withdrawn"] = (
+            "active" if latest.kind == "consent_recorded" else "withdrawn"
+        )
+        return status, latest.event_id
+
+    @staticmethod
+    def _eligibility(
+        ledger: PatientLedger, practice_id: str, month: str
+    ) -> tuple[Literal["eligible", "not_eligible", "not_attested"], str | None]:
+        latest: EnrollmentEntry | None = None
+        for e in ledger.enrollment.values():
+            if (
+                e.kind == "eligibility_attested"
+                and e.practice_id == practice_id
+                and e.month == month
+                and (
+                    latest is None
+                    or (e.recorded_at, e.event_id) > (latest.recorded_at, latest.event_id)
+                )
+            ):
+                latest = e
+        if latest is None:
+            return "not_attested", None
+        return ("eligible" if latest.eligible else "not_eligible"), latest.event_id
+
+    def _own_standing(self, ledger: PatientLedger, tally: MonthTally) -> _Own:
+        """Level, date of service, and what holds the month by its own enrollment data."""
+        profile = self._profile_of(tally)
+        practice = self.config.practice(tally.practice_id) or self.config.default_practice
+        level = profile.level_for(tally.qualifying_minutes)
+        dos: date | None = None
+        if level >= 1:
+            dos = (
+                last_day(tally.service_month)
+                if practice.date_of_service_policy == "last_day_of_month"
+                else self._threshold_met_date(tally, profile)
+            )
+        checked_on = dos or last_day(tally.service_month)
+        requirements = sorted(profile.enrollment_requirements) if practice.enrollment_feed else []
+        consent: Literal["active", "withdrawn", "none"] = "none"
+        eligibility: Literal["eligible", "not_eligible", "not_attested"] = "not_attested"
+        consent_id = attestation_id = None
+        codes: list[EnrollmentEntry] = []
+        if ledger.enrollment:  # most ledgers of a practice without a feed have none
+            consent, consent_id = self._consent(ledger, tally.practice_id, checked_on)
+            eligibility, attestation_id = self._eligibility(
+                ledger, tally.practice_id, tally.service_month
+            )
+            codes = sorted(
+                (
+                    e
+                    for e in ledger.enrollment.values()
+                    if e.code and e.month == tally.service_month
+                ),
+                key=lambda e: e.event_id,
+            )
+        holds: list[HoldReason] = []
+        if "consent" in requirements and consent != "active":
+            holds.append(HoldReason.NO_CONSENT)
+        if "eligibility" in requirements and eligibility == "not_attested":
+            holds.append(HoldReason.NOT_ATTESTED)
+        if "eligibility" in requirements and eligibility == "not_eligible":
+            holds.append(HoldReason.NOT_ELIGIBLE)
+        if any(e.code in EXCLUDING_CODES for e in codes):
+            holds.append(HoldReason.EXCLUDING_CODE_BILLED)
+        return _Own(
+            level,
+            dos,
+            checked_on,
+            consent,
+            consent_id,
+            eligibility,
+            attestation_id,
+            requirements,
+            codes,
+            holds,
+            practice.enrollment_feed,
+        )
+
+    @staticmethod
+    def _enrollment(own: _Own) -> Enrollment:
+        return Enrollment(
+            feed=own.feed,
+            requirements=own.requirements,
+            consent=ConsentStatus(
+                status=own.consent, checked_on=own.checked_on, event_id=own.consent_id
+            ),
+            eligibility=EligibilityStatus(status=own.eligibility, event_id=own.attestation_id),
+            other_codes=[
+                OtherCodeLine(
+                    event_id=e.event_id,
+                    code=e.code or "",
+                    practice_id=e.practice_id,
+                    effect="excludes_month" if e.code in EXCLUDING_CODES else "time_not_counted",
+                    time_log_ids=list(e.log_ids),
+                )
+                for e in own.codes
+            ],
+        )
+
+    def assess(self, ledger: PatientLedger, tally: MonthTally, detail: bool = True) -> Standing:
+        """Whether a month is billable as things stand, and what holds it (rules 7 and 8).
+
+        ``detail=False`` (threshold events) skips the enrollment and other-practice details a
+        record carries."""
+        own = self._own_standing(ledger, tally)
+        level, dos, holds = own.level, own.dos, own.holds
+        profile = self._profile_of(tally)
+        others: list[OtherPractice] = []
+        candidates: list[tuple[bool, int, str]] = []  # (no consent, threshold met, practice)
+        if level >= 1 and not holds:
+            met = self._threshold_met_epoch(tally, profile)
+            candidates.append((own.consent != "active", met, tally.practice_id))
+        for key, other in ledger.months.items():
+            if key[1] != tally.service_month or other is tally:
+                continue
+            o_own = self._own_standing(ledger, other)
+            o_level = o_own.level
+            if o_level >= 1 and not o_own.holds:
+                met = self._threshold_met_epoch(other, self._profile_of(other))
+                candidates.append((o_own.consent != "active", met, key[0]))
+            if not detail:
+                continue
+            others.append(
+                OtherPractice(
+                    practice_id=key[0],
+                    qualifying_minutes=other.qualifying_minutes,
+                    reached_entry=o_level >= 1,
+                    billable=False,  # set below
+                )
+            )
+        chosen = min(candidates)[2] if candidates else None
+        eligible = {c[2] for c in candidates}
+        if profile.single_biller:
+            if level >= 1 and not holds and chosen != tally.practice_id:
+                holds = [*holds, HoldReason.OTHER_PRACTICE_BILLS]
+            others = [o.model_copy(update={"billable": o.practice_id == chosen}) for o in others]
+        else:
+            chosen = None
+            others = [o.model_copy(update={"billable": o.practice_id in eligible}) for o in others]
+        return Standing(
+            level=level,
+            date_of_service=dos,
+            holds=holds,
+            enrollment=self._enrollment(own) if detail else None,
+            single_biller=profile.single_biller,
+            billing_practice_id=chosen,
+            others=sorted(others, key=lambda o: o.practice_id),
+        )
+
+    @staticmethod
+    def _threshold_met_epoch(tally: MonthTally, profile: PayerProfile) -> int:
+        """The instant (service time) the month's union of intervals reached entry minutes."""
+        need = profile.entry_minutes * 60
+        done = 0
+        for start, end in merged(tally.intervals):
+            if done + (end - start) >= need:
+                return start + (need - done)
+            done += end - start
+        return sys.maxsize
+
+    # ---------------------------------------------------------------- unreadable logs (rule 6)
+
+    def list_unreadable(
+        self,
+        ledger: PatientLedger,
+        practice_id: str,
+        start: datetime,
+        payer: str | None,
+        event_id: str,
+        reason: Reason,
+        message: str,
+        at: datetime,
+    ) -> list[Output]:
+        """List a log that failed validation on its month's record (rules 6), when its patient,
+        practice and start are readable: the month must be open already, or the payer named
+        must be a configured profile (a record needs one). A closed month is re-issued."""
+        practice = self.config.practice(practice_id)
+        if practice is None:
+            return []
+        key: MonthKey = (practice_id, local_month_of_epoch(epoch(start), practice.time_zone))
+        if key in ledger.archived:
+            return []
+        if key not in ledger.months:
+            profile = self.config.profiles.get(payer) if payer else None
+            if profile is None or payer is None:
+                return []
+            opened = self._month(ledger, key, payer, profile, practice)
+            opened.payer_fixed = False
+        return self._reject_in_month(ledger, key, event_id, reason, message, at).outputs
 
     # ---------------------------------------------------------------- months and thresholds
 
@@ -632,18 +1030,20 @@ class TallyEngine:
 
     def _thresholds(
         self,
-        patient_id: str,
+        ledger: PatientLedger,
         tally: MonthTally,
         profile: PayerProfile,
         trigger: str,
         at: datetime,
     ) -> list[Output]:
         """Threshold events for a change of level: reached upwards, revoked downwards."""
+        patient_id = ledger.patient_id
         new = profile.level_for(tally.qualifying_minutes)
         old = tally.level
         if new == old:
             return []
         tally.level = new
+        standing = self.assess(ledger, tally, detail=False)
         if new > old:
             changes = [("reached", lvl) for lvl in range(old + 1, new + 1)]
         else:
@@ -667,6 +1067,8 @@ class TallyEngine:
                 triggering_event_id=trigger,
                 occurrence=occurrence,
                 month_closed=tally.closed,
+                billable=standing.billable,
+                hold_reasons=standing.holds,
             )
             oid = stable_id(
                 "threshold",
@@ -695,7 +1097,7 @@ class TallyEngine:
         for key, tally in ledger.months.items():
             if tally.closed or not self._targets(command, key, tally):
                 continue
-            outputs += self._issue(ledger.patient_id, tally, command.as_of, trigger)
+            outputs += self._issue(ledger, tally, command.as_of, trigger)
             outputs.append(self._close_status(ledger.patient_id, tally, command.as_of, trigger))
         return outputs
 
@@ -711,7 +1113,7 @@ class TallyEngine:
         outputs: list[Output] = []
         for tally in ledger.months.values():
             if not tally.closed:
-                outputs += self._issue(ledger.patient_id, tally, as_of, "replay")
+                outputs += self._issue(ledger, tally, as_of, "replay")
                 outputs.append(self._close_status(ledger.patient_id, tally, as_of, "replay"))
         return outputs
 
@@ -781,19 +1183,20 @@ class TallyEngine:
     ) -> Output:
         return self.status(patient_id, tally, f"close:{trigger}:{at.isoformat()}", at)
 
-    def _reissue(self, patient_id: str, tally: MonthTally, at: datetime) -> list[Output]:
+    def _reissue(self, ledger: PatientLedger, tally: MonthTally, at: datetime) -> list[Output]:
         """A closed month that changed is re-issued as a new revision."""
         if not tally.closed:
             return []
-        return self._issue(patient_id, tally, at, "late_event")
+        return self._issue(ledger, tally, at, "late_event")
 
     def _issue(
-        self, patient_id: str, tally: MonthTally, at: datetime, trigger: CloseTrigger
+        self, ledger: PatientLedger, tally: MonthTally, at: datetime, trigger: CloseTrigger
     ) -> list[Output]:
+        patient_id = ledger.patient_id
         # The digest covers the content only: a re-issue happens when the content changed.
         draft = BillingRecord.model_validate(
             {
-                **self.record_body(patient_id, tally),
+                **self.record_body(patient_id, tally, ledger),
                 "revision": 0,
                 "close_trigger": "replay",
                 "closed_at": _EPOCH,
@@ -820,24 +1223,24 @@ class TallyEngine:
         ]
         return outputs
 
-    def record_body(self, patient_id: str, tally: MonthTally) -> dict[str, object]:
-        """Everything a billing record says about a month, except revision and close data."""
+    def record_body(
+        self, patient_id: str, tally: MonthTally, ledger: PatientLedger | None = None
+    ) -> dict[str, object]:
+        """Everything a billing record says about a month, except revision and close data.
+
+        ``ledger`` (the patient's) brings the enrollment events and the other practices of the
+        month; without it the record is judged on the month alone."""
         profile = self._profile_of(tally)
         practice = self.config.practice(tally.practice_id) or self.config.default_practice
-        level = profile.level_for(tally.qualifying_minutes)
+        standing = self.assess(ledger or PatientLedger(patient_id, months={}), tally)
+        level = standing.level
         lines = []
         if level >= 1:
             lines.append(BillingLine(code=profile.entry_code, units=1))
         if level >= 2:
             lines.append(BillingLine(code=profile.addon_code, units=level - 1))
         policy = practice.date_of_service_policy
-        dos = None
-        if level >= 1:
-            dos = (
-                last_day(tally.service_month)
-                if policy == "last_day_of_month"
-                else self._threshold_met_date(tally, profile)
-            )
+        dos = standing.date_of_service
         counted = [e for e in tally.logs.values() if e.counted]
         counted_minutes = sum(e.end - e.start for e in counted) // 60
         by_rule_seconds: dict[str, int] = {}
@@ -861,8 +1264,14 @@ class TallyEngine:
             "time_zone": tally.time_zone,
             "payer": tally.payer,
             "profile_version": tally.profile_version,
-            "billable": level >= 1,
-            "lines": lines,
+            "billable": standing.billable,
+            "lines": lines if standing.billable else [],
+            "held_lines": [] if standing.billable else lines,
+            "hold_reasons": standing.holds,
+            "enrollment": standing.enrollment,
+            "single_biller": standing.single_biller,
+            "billing_practice_id": standing.billing_practice_id,
+            "other_practices": standing.others,
             "date_of_service": dos,
             "date_of_service_policy": policy,
             "qualifying_minutes": tally.qualifying_minutes,
@@ -907,6 +1316,8 @@ class TallyEngine:
                     if at_cap
                     else profile.threshold_minutes(level + 1) - tally.qualifying_minutes,
                     logs=len(tally.logs),
+                    billable=(standing := self.assess(ledger, tally, detail=False)).billable,
+                    hold_reasons=standing.holds,
                     closed=tally.closed,
                     revision=tally.revision if tally.closed else None,
                 )
@@ -947,7 +1358,7 @@ class TallyEngine:
         outputs: list[Output] = []
         if line not in tally.rejected:
             tally.rejected.append(line)
-            outputs = self._reissue(ledger.patient_id, tally, at)
+            outputs = self._reissue(ledger, tally, at)
         result = self._reject(reason, message, event_id)
         return Result(result.outcome, outputs, reason, message, event_id, key)
 

@@ -98,6 +98,11 @@ def produce(stack: Stack, events: Iterable[tuple[bytes | None, bytes]]) -> int:
     return asyncio.run(_produce(stack.settings, stack.topics.timelog, events))
 
 
+def produce_enrollment(stack: Stack, events: Iterable[tuple[bytes | None, bytes]]) -> int:
+    """Enrollment-feed events (consent, eligibility, other codes) to ``ccm.enrollment.v1``."""
+    return asyncio.run(_produce(stack.settings, stack.topics.enrollment, events))
+
+
 def send_close(stack: Stack, command: dict[str, Any]) -> None:
     """A close command to every partition of the control topic, as ``ccm-tally close`` does."""
     asyncio.run(cli.send_close(stack.settings, MonthCloseCommand.model_validate(command)))

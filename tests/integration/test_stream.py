@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,11 @@ from tests.integration.harness import (
     WorkerProcess,
     collect,
     produce,
+    produce_enrollment,
     send_close,
     wait_processed,
 )
+from tests.unit.enrollment_helpers import attestation, consent
 from tests.unit.unit_helpers import encode, local
 from tests.unit.unit_helpers import log as time_log
 
@@ -42,6 +44,15 @@ CLOSE_ALL_DUE = {
     "mode": "due",
     "as_of": AS_OF.isoformat(),
 }
+
+
+def enrolled(patient: str, month: str = "2026-03", year: int = 2026) -> list[dict[str, Any]]:
+    """Consent (1 January) and an eligible attestation: the month may bill (rule 7 gates)."""
+    recorded = local(1, 9, month=1, year=year)
+    return [
+        consent(f"{patient}-consent", date(year, 1, 1), patient_id=patient, recorded_at=recorded),
+        attestation(f"{patient}-att", month, patient_id=patient, recorded_at=recorded),
+    ]
 
 
 def simulated(patients: int = 120, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -325,6 +336,8 @@ def test_timer_closes_due_months_and_late_log_reissues_record(
     stack.create_topics()
     worker = WorkerProcess(stack, tmp_path).start()
     try:
+        produce_enrollment(stack, [(b"pat-timer", encode(e)) for e in enrolled("pat-timer")])
+        wait_processed(stack)
         produce(stack, [(b"pat-timer", log("t-1", 10, 45)), (b"pat-timer", log("t-2", 11, 20))])
         records: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
@@ -467,6 +480,10 @@ def test_timer_archives_months_past_their_filing_window(
     stack.create_topics()
     first = WorkerProcess(stack, tmp_path, "first").start()
     try:
+        produce_enrollment(
+            stack, [(b"pat-old", encode(e)) for e in enrolled("pat-old", "2024-03", 2024)]
+        )
+        wait_processed(stack)
         produce(stack, [log("o-1", 10, 45), log("o-2", 11, 20)])
         deadline = time.monotonic() + 60
         archived = None

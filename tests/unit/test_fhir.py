@@ -265,3 +265,36 @@ def test_every_resource_of_any_month_is_valid_r4_in_full(
         item = ChargeItem.model_validate(env.data)
         assert item.status in {"billable", "entered-in-error"}
         FhirChargeItemEnvelope.model_validate_json(env.model_dump_json())
+
+
+def test_held_lines_are_on_hold_charge_items_with_their_reasons() -> None:
+    """The compliance example: months whose time reaches 99487 but lack consent or an
+    eligibility attestation are held: their lines are ChargeItems ``on-hold`` naming the hold
+    reasons, never ``billable``."""
+    compliance = REPO / "examples" / "compliance-month.jsonl"
+    harness = Harness()
+    harness.feed(*compliance.read_bytes().splitlines())
+    harness.close_all()
+    held = [r for r in harness.records() if r.hold_reasons]
+    assert held, "the example must hold some months"
+    items = [parsed(e) for e in items_of(harness)]
+    checked = 0
+    for record in held:
+        mine = [i for i in items if identifiers(i)[RECORD_ID_SYSTEM] == record.record_id]
+        latest = max(int(identifiers(i)[RECORD_REVISION_SYSTEM].rsplit("/", 1)[1]) for i in mine)
+        if latest != record.revision:
+            continue  # an earlier revision of a record that changed later
+        current = [i for i in mine if identifiers(i)[RECORD_REVISION_SYSTEM].endswith(f"/{latest}")]
+        on_hold = {i.code.coding[0].code: i for i in current if i.status == "on-hold"}
+        assert set(on_hold) == {line.code for line in record.held_lines}
+        for item in on_hold.values():
+            reasons = [e.valueCode for e in item.extension if e.url.endswith("/hold-reason")]
+            assert reasons == [r.value for r in record.hold_reasons]
+        assert not any(i.status == "billable" for i in current)
+        checked += 1
+    latest_held = {
+        r.record_id
+        for r in held
+        if r.revision == max(x.revision for x in harness.records() if x.record_id == r.record_id)
+    }
+    assert checked == len(latest_held) > 0

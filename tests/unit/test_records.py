@@ -23,7 +23,9 @@ from tests.unit.unit_helpers import (
 )
 
 THRESHOLD_MET = CoreConfig(
-    practices={PRACTICE: PracticeSettings(date_of_service_policy="threshold_met")}
+    practices={
+        PRACTICE: PracticeSettings(date_of_service_policy="threshold_met", enrollment_feed=False)
+    }
 )
 
 

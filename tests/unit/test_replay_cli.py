@@ -17,6 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample-month.jsonl"
+# northside-fm sends no enrollment events: its consent and eligibility gates are off
+NO_FEED = ("--practices", REPO / "examples" / "sample-practices.toml")
 SUMMARY_PARTS = (
     "37 events",
     "counted 20",
@@ -56,7 +58,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def replay() -> subprocess.CompletedProcess[str]:
-    return run_cli("replay", SAMPLE)
+    return run_cli("replay", SAMPLE, *NO_FEED)
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +213,15 @@ def test_replay_malformed_lines_become_rejected_input_records(
 
 def test_replay_is_deterministic(replay: subprocess.CompletedProcess[str]) -> None:
     """Rule 6: the same input gives byte-identical outputs, ids included."""
-    assert run_cli("replay", SAMPLE).stdout == replay.stdout
+    assert run_cli("replay", SAMPLE, *NO_FEED).stdout == replay.stdout
 
 
 def test_replay_out_file_and_as_of(tmp_path: Path) -> None:
     """Replay --out writes the outputs to a file; --as-of sets the close time."""
     out = tmp_path / "out.jsonl"
-    result = run_cli("replay", SAMPLE, "--out", out, "--as-of", "2026-04-06T12:00:00+00:00")
+    result = run_cli(
+        "replay", SAMPLE, *NO_FEED, "--out", out, "--as-of", "2026-04-06T12:00:00+00:00"
+    )
     assert result.stdout == ""
     assert_summary(result.stderr)
     records = [
@@ -290,7 +294,7 @@ def test_replay_status_flag_adds_each_patient_months_final_status(
 ) -> None:
     """``--status``: the other outputs are unchanged, then one status per patient-month (what
     the compacted status topic converges to), agreeing with the month's last record."""
-    result = run_cli("replay", "--status", SAMPLE)
+    result = run_cli("replay", "--status", SAMPLE, *NO_FEED)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     plain = [json.loads(line) for line in replay.stdout.splitlines()]
     assert lines[: len(plain)] == plain

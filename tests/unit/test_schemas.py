@@ -1,9 +1,10 @@
 """``ccm-tally schema export``: the JSON Schemas of the wire formats.
 
-``jsonschema`` is not installed, so the exported files are checked with a small validator
-covering the keywords pydantic emits here, and the sample events are also checked with the
-pydantic models themselves. The validator is tested against known-bad payloads so that it is
-not vacuous.
+The time-log formats are checked with a small validator covering the keywords pydantic emits
+here (written before ``jsonschema`` was a test dependency), the enrollment feed with the
+``jsonschema`` library; the sample events are also checked with the pydantic models
+themselves. The small validator is tested against known-bad payloads so that it is not
+vacuous.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from ccm_core.contracts import INPUT_ADAPTER, Activity, Role, TimeLogged
 from ccm_core.schemas import all_schemas
@@ -25,6 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample-month.jsonl"
 EXPECTED_NAMES = {
     "billing_record.v1",
+    "code_billed.v1",
+    "consent_recorded.v1",
+    "consent_withdrawn.v1",
+    "eligibility_attested.v1",
+    "enrollment_input.v1",
     "month_close_command.v1",
     "rejected_input.v1",
     "threshold.v1",
@@ -206,3 +213,63 @@ def test_schema_validator_is_not_vacuous(exported: dict[str, dict[str, Any]]) ->
     assert errors(schema, {**good, "minutes": 0})
     assert errors(schema, {k: v for k, v in good.items() if k != "practice_id"})
     assert errors(exported["time_log_voided.v1"], good)
+
+
+COMPLIANCE = REPO / "examples" / "compliance-month.jsonl"
+
+
+def test_schema_enrollment_feed_and_close_lines_of_the_compliance_example_validate(
+    exported: dict[str, dict[str, Any]],
+) -> None:
+    """Rule 7: every enrollment event of the example matches ``enrollment_input.v1`` (checked
+    with the jsonschema library), every close line ``month_close_command.v1``; an excluding
+    code outside the list, a bad month and an unknown event type do not."""
+    enrollment = Draft202012Validator(exported["enrollment_input.v1"])
+    close = Draft202012Validator(exported["month_close_command.v1"])
+    kinds = set()
+    for line in COMPLIANCE.read_text("utf-8").splitlines():
+        item = json.loads(line)
+        if "command_type" in item:
+            assert list(close.iter_errors(item)) == []
+        elif item["event_type"] not in ("time_logged", "time_log_voided"):
+            kinds.add(item["event_type"])
+            assert list(enrollment.iter_errors(item)) == [], item["event_id"]
+            billed = item["event_type"] == "code_billed"
+            assert not enrollment.is_valid({**item, "code": "99487"}) or not billed
+    assert kinds == {"consent_recorded", "eligibility_attested", "code_billed"}
+    attest = {
+        "event_type": "eligibility_attested",
+        "event_id": "x",
+        "patient_id": "p",
+        "practice_id": "q",
+        "service_month": "2026-13",
+        "chronic_conditions": 2,
+        "care_plan": "revised",
+        "medical_decision_making": "high",
+        "recorded_at": "2026-03-01T10:00:00Z",
+    }
+    assert not enrollment.is_valid(attest)
+    assert enrollment.is_valid({**attest, "service_month": "2026-12"})
+    assert not enrollment.is_valid({**attest, "service_month": "2026-12", "event_type": "nope"})
+
+
+def test_schema_compliance_replay_outputs_validate(exported: dict[str, dict[str, Any]]) -> None:
+    """The records with holds, enrollment and other practices match ``billing_record.v1``."""
+    script = Path(sys.executable).parent / "ccm-tally"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "ccm_cli.main"]
+    result = subprocess.run(
+        [*cli, "replay", str(COMPLIANCE)], capture_output=True, text=True, check=True
+    )
+    by_type = {
+        "org.ccmtally.threshold.v1": Draft202012Validator(exported["threshold.v1"]),
+        "org.ccmtally.billing-record.v1": Draft202012Validator(exported["billing_record.v1"]),
+        "org.ccmtally.rejected-input.v1": Draft202012Validator(exported["rejected_input.v1"]),
+        "org.ccmtally.fhir-chargeitem.v1": Draft202012Validator(exported["fhir_chargeitem.v1"]),
+    }
+    held = 0
+    for line in result.stdout.splitlines():
+        envelope = json.loads(line)
+        assert list(by_type[envelope["type"]].iter_errors(envelope)) == []
+        if envelope["type"] == "org.ccmtally.billing-record.v1":
+            held += bool(envelope["data"].get("hold_reasons"))
+    assert held >= 3

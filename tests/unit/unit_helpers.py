@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ccm_core.config import CoreConfig
+from ccm_core.config import CoreConfig, PracticeSettings
 from ccm_core.contracts import BillingRecord, MonthCloseCommand, ThresholdEvent
 from ccm_core.ingest import LocalTally, Processed, Source
 from ccm_core.tally import Output, TallyEngine
@@ -25,6 +25,12 @@ MARCH = "2026-03"
 # A close time safely after every March 2026 log the tests write.
 CLOSE_AT = datetime(2026, 4, 6, 12, 0, tzinfo=UTC)
 UNLICENSED = {"ma", "chw", "care_coordinator"}
+# The time rules (sections 1-6) are tested at practices without an enrollment feed, so that a
+# record's lines show what the time alone supports; enrollment gates (section 7) have their own
+# tests with the gates on (``GATED``, the shipped default).
+NO_FEED = PracticeSettings(enrollment_feed=False)
+TIME_ONLY = CoreConfig(default_practice=NO_FEED)
+GATED = CoreConfig()
 
 
 def local(day: int, hour: int = 10, minute: int = 0, month: int = 3, year: int = 2026) -> datetime:
@@ -131,7 +137,7 @@ class Harness:
     """A LocalTally plus the outputs it produced, with look-ups by kind."""
 
     def __init__(self, config: CoreConfig | None = None) -> None:
-        self.local = LocalTally(TallyEngine(config))
+        self.local = LocalTally(TallyEngine(config or TIME_ONLY))
         self.outputs: list[Output] = []
         self._offset = 0
 

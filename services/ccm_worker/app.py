@@ -53,6 +53,8 @@ from faust.serializers import codecs  # noqa: E402
 from faust.types import TP  # noqa: E402
 
 from ccm_core import codec as ledger_codec  # noqa: E402
+from ccm_core import observability  # noqa: E402
+from ccm_core.binding import kafka_headers  # noqa: E402
 from ccm_core.config import CoreConfig, load_config  # noqa: E402
 from ccm_core.contracts import (  # noqa: E402
     BillingRecord,
@@ -169,6 +171,8 @@ class TallyWorker:
         self.engine = TallyEngine(
             config or load_config(settings.profiles_file, settings.practices_file)
         )
+        # every CPT code of the configured profiles has its series at 0 from the start
+        observability.initialize_labels(observability.profile_codes(self.engine.config.profiles))
         self.url = advertised_url(s)
         host_port = self.url.split("://", 1)[1].rsplit(":", 1)
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -443,10 +447,11 @@ class TallyWorker:
 
     def _message(self, partition: int, out: Output) -> Message:
         """An output as a message on the input's partition number (outputs stay
-        co-partitioned with their patient)."""
+        co-partitioned with their patient), in CloudEvents structured mode (the
+        ``content-type: application/cloudevents+json`` header)."""
         self._count_output(out)
         topic = self.settings.topics.output_topic(out.kind)
-        return (topic, partition, out.key.encode(), out.to_json().encode(), None)
+        return (topic, partition, out.key.encode(), out.to_json().encode(), kafka_headers(out))
 
     def _transactional_id(self, partition: int) -> str:
         """The transactional id faust gives input partition ``partition`` (all input topics

@@ -54,6 +54,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
         "CCM_BATCH_MAX_EVENTS": str(settings.batch_max_events),
         "CCM_BATCH_WITHIN_SECONDS": str(settings.batch_within_seconds),
+        "CCM_COMMIT_MAX_SECONDS": str(settings.commit_max_seconds),
         "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
         "CCM_DATA_DIR": str(settings.data_dir),
         **security_env(settings),

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         default=0.02,
         description="Longest wait to fill a batch before processing what arrived.",
     )
+    commit_max_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.25,
+        description="With input waiting (a backlog), batches share a transaction for up to "
+        "this long before it commits; without a backlog every batch commits at once.",
+    )
     broker_wait_seconds: Annotated[float, Field(ge=0)] = Field(
         default=120.0,
         description="At start, how long to wait for an unreachable broker before exiting 69.",

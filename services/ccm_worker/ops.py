@@ -149,12 +149,13 @@ async def read_all(
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...]} as
-    published so far (the status feed in offset order per partition, before compaction)."""
+    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...],
+    "fhir_chargeitem": [...]} as published so far (the status feed in offset order per
+    partition, before compaction)."""
     t = settings.topics
     raw = await read_all(
         settings.kafka_bootstrap_servers,
-        [t.threshold, t.billing_record, t.dlq, t.tally_status],
+        [t.threshold, t.billing_record, t.dlq, t.tally_status, t.fhir_chargeitem],
         settings.partitions,
         security=aiokafka_kwargs(settings),
     )
@@ -163,4 +164,5 @@ async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         "billing_record": raw[t.billing_record],
         "dlq": raw[t.dlq],
         "status": raw[t.tally_status],
+        "fhir_chargeitem": raw[t.fhir_chargeitem],
     }

@@ -77,12 +77,14 @@ def replayed(events: list[tuple[bytes, bytes]]) -> dict[str, list[dict[str, Any]
         "threshold": [],
         "billing_record": [],
         "dlq": [],
+        "fhir_chargeitem": [],
         "status": [],
     }
     names = {
         "threshold": "threshold",
         "billing_record": "billing_record",
         "rejected": "dlq",
+        "fhir_chargeitem": "fhir_chargeitem",
         "status": "status",
     }
     for offset, (_, value) in enumerate(events):
@@ -175,6 +177,11 @@ def test_month_through_stream_matches_replay(kafka_bootstrap: str, tmp_path: Pat
         assert len(ids) == len(set(ids)), kind
     # records on the stream are exactly the replay's, revision 0 ids included
     assert {e["id"] for e in stream["billing_record"]} == {e["id"] for e in core["billing_record"]}
+    # and so are their FHIR ChargeItems, published with no wiring beyond Topics.output_topic
+    assert core["fhir_chargeitem"], "billable records must give ChargeItems"
+    assert sorted(map(json.dumps, stream["fhir_chargeitem"])) == sorted(
+        map(json.dumps, core["fhir_chargeitem"])
+    )
     # every input is accounted for in the metrics
     assert events_seen(metrics) == len(events)
     assert "patient_id" not in metrics  # no PHI as a label

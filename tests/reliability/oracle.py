@@ -32,12 +32,13 @@ Envelope = dict[str, Any]
 PatientMonth = tuple[str, str, str]  # patient, practice, service month
 
 _ISSUE_FIELDS = ("revision", "closed_at", "close_trigger")
-_KINDS = {
-    "threshold": "threshold",
-    "billing_record": "billing_record",
-    "rejected": "dlq",
-    "status": "status",
-}
+_KINDS = {"rejected": "dlq"}  # output kind -> name in ops.read_outputs (else the kind itself)
+
+
+def output_name(kind: str) -> str:
+    """Where ``ccm_worker.ops.read_outputs`` files outputs of ``kind`` (dead letters as
+    ``dlq``; every other kind under its own name, new kinds included)."""
+    return _KINDS.get(kind, kind)
 
 
 @dataclass
@@ -52,12 +53,14 @@ class Expected:
 def replay(inputs: Iterable[bytes], final_close: MonthCloseCommand) -> Expected:
     """``inputs`` in the order each patient's events were produced, then the final close."""
     tally = LocalTally()
-    out: dict[str, list[Envelope]] = {kind: [] for kind in _KINDS.values()}
+    out: dict[str, list[Envelope]] = defaultdict(list)
+    for name in ("threshold", "billing_record", "dlq", "status"):
+        out[name] = []
     for offset, value in enumerate(inputs):
         for o in tally.feed(value, Source("replay", 0, offset)).outputs:
-            out[_KINDS[o.kind]].append(json.loads(o.to_json()))
+            out[output_name(o.kind)].append(json.loads(o.to_json()))
     for o in tally.close(final_close):
-        out[_KINDS[o.kind]].append(json.loads(o.to_json()))
+        out[output_name(o.kind)].append(json.loads(o.to_json()))
     summaries = {
         pid: [m.model_dump(mode="json") for m in tally.engine.summaries(ledger)]
         for pid, ledger in tally.ledgers.items()

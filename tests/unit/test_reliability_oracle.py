@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.ingest import LocalTally, Source
 from ccm_simulator.generator import SimulationSpec, generate
-from tests.reliability.oracle import Expected, Figures, compare, replay, rounds
+from tests.reliability.oracle import Expected, Figures, compare, output_name, replay, rounds
 from tests.unit.unit_helpers import encode, local, log
 
 FINAL = MonthCloseCommand.model_validate(
@@ -136,18 +137,7 @@ def test_a_month_closed_mid_stream_agrees_with_replay_closing_at_the_end() -> No
         }
     )
     tally = LocalTally()
-    stream: dict[str, list[dict[str, Any]]] = {
-        "threshold": [],
-        "billing_record": [],
-        "dlq": [],
-        "status": [],
-    }
-    kinds = {
-        "threshold": "threshold",
-        "billing_record": "billing_record",
-        "rejected": "dlq",
-        "status": "status",
-    }
+    stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
     closed_mid = False
     for i, e in enumerate(events):
         outs = []
@@ -156,9 +146,9 @@ def test_a_month_closed_mid_stream_agrees_with_replay_closing_at_the_end() -> No
             closed_mid = True
         outs += tally.feed(e.value, Source("t", 0, i)).outputs
         for o in outs:
-            stream[kinds[o.kind]].append(json.loads(o.to_json()))
+            stream[output_name(o.kind)].append(json.loads(o.to_json()))
     for o in tally.close(FINAL):
-        stream[kinds[o.kind]].append(json.loads(o.to_json()))
+        stream[output_name(o.kind)].append(json.loads(o.to_json()))
     want = replay([e.value for e in events], FINAL)
     assert closed_mid
     revisions = [r["data"]["revision"] for r in stream["billing_record"]]

@@ -13,35 +13,228 @@ routed, counted and explained. Custom validators raise ``PydanticCustomError`` w
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
+    Strict,
+    StrictBool,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 
+# --------------------------------------------------------------------------------------------
+# Strict scalar types of the inputs. Each one is checked here, in Python, with exactly the rule
+# its JSON Schema states (``WithJsonSchema``), so that the service accepts what the published
+# schema accepts and nothing else (tests/unit/test_schema_oracle.py checks it with the
+# independent ``jsonschema`` validator). Patterns are written for every regex dialect a schema
+# consumer may use (ECMA 262, Python ``re``): ASCII classes only, ``[0-9]`` rather than ``\d``
+# (Unicode digits elsewhere), and ``"not": {"pattern": "\\n"}`` beside each anchored pattern,
+# because ``$`` in Python's ``re`` (which ``jsonschema`` uses) also matches before a final
+# newline.
+# --------------------------------------------------------------------------------------------
+
+_NO_NEWLINE: dict[str, Any] = {"pattern": r"\n"}
+
+ID_PATTERN = r"[!-~]{1,128}"
+"""Ids: 1-128 printable ASCII characters, no space (like FHIR ids: opaque, safe in any log)."""
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def _identifier(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("missing_field", "must not be empty or blank")
+    if not _ID_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "invalid_field", "must be 1-128 printable ASCII characters without spaces"
+        )
+    return value
+
+
 Identifier = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^\S+$"),
+    Strict(),
+    AfterValidator(_identifier),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": f"^{ID_PATTERN}$",
+            "not": _NO_NEWLINE,
+        }
+    ),
 ]
-"""An opaque id (event, patient, practice, staff): 1-128 characters without white space."""
+"""An opaque id (event, patient, practice, staff): 1-128 printable ASCII characters, no space
+(no control character, no NUL, nothing outside ASCII)."""
 
-ServiceMonth = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
-"""A calendar month, ``YYYY-MM``, in the practice's local time zone."""
+MIN_YEAR, MAX_YEAR = 2000, 2099
+"""Timestamps are accepted from 2000-01-01 to 2099-12-31 (the year as written, before the
+offset is applied): anything else is a typo or a broken clock, not a care-management log."""
 
-FreeText = Annotated[str, StringConstraints(max_length=4000)]
+_DAY = (
+    r"(?:20[0-9]{2}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    r"|20(?:0[048]|[2468][048]|[13579][26])-02-29)"
+)
+TIMESTAMP_PATTERN = (
+    _DAY + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
+)
+"""RFC 3339 date-time with seconds and a UTC offset (``Z`` or ``±hh:mm`` up to 14 hours),
+optional fraction of 1-6 digits, a real calendar date in 2000-2099."""
+_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN)
+
+
+def _timestamp(value: object) -> object:
+    """Check a timestamp's text (the wire) or an aware datetime (Python callers)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise PydanticCustomError("timestamp_without_offset", "must carry a UTC offset")
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise PydanticCustomError(
+                "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+            )
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("invalid_field", "must be an RFC 3339 date-time string")
+    if _TIMESTAMP_RE.fullmatch(value):
+        return value
+    try:  # not in the accepted form: say why, as precisely as we can
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.tzinfo is None:
+        raise PydanticCustomError("timestamp_without_offset", "must carry a UTC offset")
+    if parsed is not None and not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise PydanticCustomError(
+            "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+        )
+    raise PydanticCustomError(
+        "invalid_field",
+        "must be an RFC 3339 date-time: YYYY-MM-DDThh:mm:ss[.ffffff] and Z or ±hh:mm",
+    )
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_timestamp),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": f"^{TIMESTAMP_PATTERN}$",
+            "not": _NO_NEWLINE,
+        }
+    ),
+]
+"""An instant with its UTC offset, years 2000-2099 (see ``TIMESTAMP_PATTERN``)."""
+
+MAX_MINUTES = 1440
+"""No single log lasts more than a day (a practice's own bound, ``max_log_minutes``, is lower:
+480 by default). Beyond it ``minutes`` is rejected as ``duration_exceeds_bound``."""
+
+
+def _json_integer(value: object) -> object:
+    """JSON has one number type: 30 and 30.0 are the same integer (as JSON Schema says), but
+    ``true`` or ``"30"`` are not numbers. Integral floats become ints; the rest is left to the
+    strict validator, which rejects it."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("invalid_field", "must be a number, not true or false")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _minutes(value: int) -> int:
+    if value <= 0:
+        raise PydanticCustomError("non_positive_minutes", "must be greater than 0")
+    if value > MAX_MINUTES:
+        raise PydanticCustomError(
+            "duration_exceeds_bound", f"a single log may not exceed {MAX_MINUTES} minutes"
+        )
+    return value
+
+
+Minutes = Annotated[
+    int,
+    Strict(),
+    BeforeValidator(_json_integer),
+    AfterValidator(_minutes),
+    WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": MAX_MINUTES}),
+]
+
+
+def _schema_version(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("unsupported_schema_version", "schema_version must be 1")
+    return _json_integer(value)
+
+
+SchemaVersion = Annotated[
+    Literal[1],
+    BeforeValidator(_schema_version),
+    WithJsonSchema({"type": "integer", "const": 1}),
+]
+
+PAYER_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+
+
+def _payer(value: str) -> str:
+    if not re.fullmatch(PAYER_PATTERN, value):
+        raise PydanticCustomError(
+            "invalid_field", "must be a profile name: a-z, 0-9 and _, starting with a letter"
+        )
+    return value
+
+
+Payer = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_payer),
+    WithJsonSchema(
+        {"type": "string", "maxLength": 64, "pattern": f"^{PAYER_PATTERN}$", "not": _NO_NEWLINE}
+    ),
+]
+
+SERVICE_MONTH_PATTERN = r"20[0-9]{2}-(?:0[1-9]|1[0-2])"
+
+
+def _service_month(value: str) -> str:
+    if not re.fullmatch(SERVICE_MONTH_PATTERN, value):
+        raise PydanticCustomError("invalid_field", "must be a month YYYY-MM in 2000-2099")
+    return value
+
+
+ServiceMonth = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_service_month),
+    WithJsonSchema({"type": "string", "pattern": f"^{SERVICE_MONTH_PATTERN}$", "not": _NO_NEWLINE}),
+]
+"""A calendar month, ``YYYY-MM`` (years 2000-2099), in the practice's local time zone."""
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, Strict(), StringConstraints(max_length=max_length)]
+
+
+FreeText = _text(4000)
 
 
 class Role(StrEnum):
@@ -105,6 +298,8 @@ class Reason(StrEnum):
     MISSING_DURATION = "missing_duration"
     END_BEFORE_START = "end_before_start"
     MINUTES_END_MISMATCH = "minutes_end_mismatch"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # outside the years 2000-2099
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # more bytes than the service reads
     INCONSISTENT_LICENSURE = "inconsistent_licensure"
     DURATION_EXCEEDS_BOUND = "duration_exceeds_bound"
     PAST_TIMELY_FILING = "past_timely_filing"
@@ -133,39 +328,73 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+def _require_event_type(schema: dict[str, Any]) -> None:
+    """The input topic's union is discriminated by ``event_type``: it is required on the wire
+    (the model's default only serves Python callers)."""
+    schema["required"] = ["event_type", *schema.get("required", [])]
+
+
+class _Input(_Wire):
+    """Inputs: every field is of a strict type (no coercion: ``"30"`` is not 30, ``1`` is not
+    a date, ``"true"`` is not true); enums and literals take exactly their values."""
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
 
 
-class TimeLogged(_Wire):
-    """A clinical-staff member spent time on a patient's care coordination."""
+def _time_logged_schema(schema: dict[str, Any]) -> None:
+    _require_event_type(schema)
+    # the rules the model validator states, where JSON Schema can state them
+    schema["anyOf"] = [  # missing_duration: give minutes or end
+        {"required": ["minutes"], "properties": {"minutes": {"type": "integer"}}},
+        {"required": ["end"], "properties": {"end": {"type": "string"}}},
+    ]
+    schema["not"] = {  # inconsistent_licensure
+        "required": ["role", "licensed"],
+        "properties": {
+            "role": {"enum": sorted(r.value for r in NEVER_LICENSED_ROLES)},
+            "licensed": {"const": True},
+        },
+    }
+
+
+class TimeLogged(_Input):
+    """A clinical-staff member spent time on a patient's care coordination.
+
+    Beyond this schema the service checks two rules JSON Schema cannot state: ``end`` must be
+    after ``start`` (``end_before_start``) and, when both are given, ``start + minutes`` must
+    equal ``end`` (``minutes_end_mismatch``).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_time_logged_schema)
 
     event_type: Literal["time_logged"] = "time_logged"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier = Field(
         description="Idempotency key; unique per log, the same on redelivery."
     )
     patient_id: Identifier
     practice_id: Identifier
-    payer: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
+    payer: Payer = Field(
         description="Payer profile of the patient: cms, bcbsm, priority_health, medicaid, or any "
         "profile added as data.",
     )
     staff_id: Identifier
-    staff_name: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+    staff_name: _text(200) | None = Field(
         default=None, description="Care-team member's name, for the claim's documentation."
     )
     role: Role
-    credentials: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+    credentials: _text(64) | None = Field(
         default=None, description="e.g. 'RN, BSN'; carried to the billing record."
     )
-    licensed: bool
+    licensed: StrictBool
     activity: Activity
-    start: AwareDatetime = Field(description="Start of the work, ISO 8601 with a UTC offset.")
-    minutes: int | None = Field(default=None, gt=0, description="Duration; or give `end`.")
-    end: AwareDatetime | None = Field(default=None, description="End of the work; or `minutes`.")
-    recorded_at: AwareDatetime = Field(description="When the EHR recorded the log.")
+    start: Timestamp = Field(description="Start of the work, RFC 3339 with a UTC offset.")
+    minutes: Minutes | None = Field(default=None, description="Duration; or give `end`.")
+    end: Timestamp | None = Field(default=None, description="End of the work; or `minutes`.")
+    recorded_at: Timestamp = Field(description="When the EHR recorded the log.")
     agency_contacted: FreeText | None = Field(
         default=None, description="Provider or agency contacted. Free text: never logged."
     )
@@ -209,17 +438,19 @@ class VoidReason(StrEnum):
     OTHER = "other"
 
 
-class TimeLogVoided(_Wire):
+class TimeLogVoided(_Input):
     """Cancels an earlier log. A correction is a void plus a new log."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["time_log_voided"] = "time_log_voided"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier
     voided_event_id: Identifier = Field(description="event_id of the time_logged it cancels.")
     reason: VoidReason
-    recorded_at: AwareDatetime
+    recorded_at: Timestamp
     note: FreeText | None = Field(default=None, description="Free text: never logged.")
 
 
@@ -227,7 +458,15 @@ InputEvent = Annotated[TimeLogged | TimeLogVoided, Field(discriminator="event_ty
 INPUT_ADAPTER: TypeAdapter[TimeLogged | TimeLogVoided] = TypeAdapter(InputEvent)
 
 
-class MonthCloseCommand(_Wire):
+def _month_close_schema(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"mode": {"const": "month"}}}  # also when mode is absent
+    schema["then"] = {
+        "required": ["practice_id", "service_month"],
+        "properties": {"practice_id": {"type": "string"}, "service_month": {"type": "string"}},
+    }
+
+
+class MonthCloseCommand(_Input):
     """Ops or the worker's own timer asks to close months.
 
     ``mode="month"`` closes one practice's month now (``practice_id`` and ``service_month``
@@ -235,14 +474,16 @@ class MonthCloseCommand(_Wire):
     plus the practice's grace period) is at or before ``as_of``; the worker's timer sends it.
     """
 
+    model_config = ConfigDict(json_schema_extra=_month_close_schema)
+
     command_type: Literal["month_close"] = "month_close"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     command_id: Identifier
     mode: Literal["month", "due"] = "month"
     practice_id: Identifier | None = None
     service_month: ServiceMonth | None = None
-    as_of: AwareDatetime = Field(description="The close time written to the records.")
-    requested_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+    as_of: Timestamp = Field(description="The close time written to the records.")
+    requested_by: _text(128) | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Self:
@@ -290,7 +531,7 @@ class LogLine(_Wire):
     staff_name: str | None
     role: Role
     credentials: str | None
-    licensed: bool
+    licensed: StrictBool
     activity: Activity
     start: datetime
     end: datetime
@@ -354,15 +595,26 @@ class MonthSummary(_Wire):
 
 
 class RejectedInput(_Wire):
-    """A dead-lettered input: the original bytes, why, and where it came from."""
+    """A dead-lettered input: why, where it came from, and the original (its first
+    ``DEAD_LETTER_PREFIX_BYTES`` bytes; the whole payload stays readable on the source
+    topic-partition at the source offset while the topic retains it)."""
 
     reason: Reason
     message: str = Field(description="Human-readable; never quotes free text from the input.")
     event_id: str | None = Field(default=None, description="If the input had a readable one.")
     patient_id: str | None = None
-    original: str = Field(description="The original payload, decoded as UTF-8 with replacement.")
+    original: str = Field(
+        description="The original payload (its first 16 KiB when longer), decoded as UTF-8 "
+        "with replacement."
+    )
     original_base64: str | None = Field(
-        default=None, description="The original bytes, when they are not valid UTF-8."
+        default=None,
+        description="The same bytes as `original`, base64, when they are not valid UTF-8.",
+    )
+    original_length: int = Field(description="Length of the whole original payload, in bytes.")
+    original_sha256: str = Field(description="SHA-256 of the whole original payload, hex.")
+    original_truncated: bool = Field(
+        description="True when `original` holds only the first 16 KiB of the payload."
     )
     source_topic: str | None = None
     source_partition: int | None = None
@@ -409,17 +661,29 @@ OUTPUT_TYPES: dict[type[BaseModel], str] = {
 
 _FIELD_REASONS = {"activity": Reason.UNKNOWN_ACTIVITY, "role": Reason.UNKNOWN_ROLE}
 _REASON_VALUES = {r.value for r in Reason}
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _field_name(part: object) -> str:
+    """A location part fit for a message: an unknown key of the input may be anything (free
+    text, a name, megabytes), so only plain names are quoted."""
+    text = str(part)
+    return text if _FIELD_NAME.fullmatch(text) else "<field>"
 
 
 def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
     """The reason code and a message naming the field, never echoing input values."""
     first: Any = err.errors(include_input=False, include_url=False)[0]
     etype: str = first["type"]
-    loc = [str(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
+    loc = [_field_name(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
     field = ".".join(loc) or "payload"
     msg = str(first["msg"])
+    if loc and loc[-1] == "schema_version":
+        return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
+    if etype == "extra_forbidden":
+        return Reason.INVALID_FIELD, f"field '{field}' is not part of the schema"
     if etype in _REASON_VALUES:
-        return Reason(etype), msg
+        return Reason(etype), f"field '{field}': {msg}" if loc else msg
     if etype == "json_invalid":
         return Reason.INVALID_JSON, "payload is not valid JSON"
     if etype in ("model_type", "model_attributes_type", "dict_type"):
@@ -432,8 +696,6 @@ def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
         return Reason.MISSING_FIELD, f"field '{field}' is required"
     if etype == "string_too_short" and loc:
         return Reason.MISSING_FIELD, f"field '{field}' is empty"
-    if loc and loc[-1] == "schema_version":
-        return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
     if etype == "timezone_aware":
         return Reason.TIMESTAMP_WITHOUT_OFFSET, f"field '{field}' must carry a UTC offset"
     if loc and loc[-1] in _FIELD_REASONS and etype == "enum":

@@ -230,11 +230,10 @@ ServiceMonth = Annotated[
 """A calendar month, ``YYYY-MM`` (years 2000-2099), in the practice's local time zone."""
 
 
-def _text(max_length: int) -> Any:
-    return Annotated[str, Strict(), StringConstraints(max_length=max_length)]
-
-
-FreeText = _text(4000)
+FreeText = Annotated[str, Strict(), StringConstraints(max_length=4000)]
+StaffName = Annotated[str, Strict(), StringConstraints(max_length=200)]
+Credentials = Annotated[str, Strict(), StringConstraints(max_length=64)]
+RequestedBy = Annotated[str, Strict(), StringConstraints(max_length=128)]
 
 
 class Role(StrEnum):
@@ -382,11 +381,11 @@ class TimeLogged(_Input):
         "profile added as data.",
     )
     staff_id: Identifier
-    staff_name: _text(200) | None = Field(
+    staff_name: StaffName | None = Field(
         default=None, description="Care-team member's name, for the claim's documentation."
     )
     role: Role
-    credentials: _text(64) | None = Field(
+    credentials: Credentials | None = Field(
         default=None, description="e.g. 'RN, BSN'; carried to the billing record."
     )
     licensed: StrictBool
@@ -483,7 +482,7 @@ class MonthCloseCommand(_Input):
     practice_id: Identifier | None = None
     service_month: ServiceMonth | None = None
     as_of: Timestamp = Field(description="The close time written to the records.")
-    requested_by: _text(128) | None = None
+    requested_by: RequestedBy | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Self:

@@ -113,6 +113,8 @@ def rejected_output(
         b64: str | None = base64.b64encode(prefix).decode("ascii")
     else:  # valid UTF-8: a character cut by the prefix is dropped, not replaced
         text, b64 = prefix.decode("utf-8", "ignore"), None
+    event_id: str | None
+    patient: str | None
     if event is not None:
         event_id, patient = event.event_id, event.patient_id
     else:

@@ -217,6 +217,9 @@ def run_simulator(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
             return 130
+        except OSError as exc:
+            print(f"simulate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         elapsed = time.perf_counter() - started
         total = sum(counted.kinds.values())
         print(
@@ -239,17 +242,36 @@ def run_simulator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    from ccm_worker.connect import (
+        BROKER_UNAVAILABLE_EXIT_CODE,
+        BrokerUnreachableError,
+        broker_wait_seconds,
+        wait_for_broker,
+    )
+
     try:
-        stats = asyncio.run(
-            produce(bootstrap, args.topic, counted, args.rate, report if args.progress else None)
+        wait = broker_wait_seconds()
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> ProduceStats:
+        await wait_for_broker(bootstrap, wait)  # bounded: one clear line when there is none
+        return await produce(
+            bootstrap, args.topic, counted, args.rate, report if args.progress else None
         )
+
+    try:
+        stats = asyncio.run(run())
+    except BrokerUnreachableError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return BROKER_UNAVAILABLE_EXIT_CODE
     except KeyboardInterrupt:
         print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
         return 130
-    except Exception as exc:  # broker unreachable, authorization, ...
-        print(
-            f"simulate: Kafka at {bootstrap} failed: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
+    except Exception as exc:  # authorization, a missing topic, the broker gone meanwhile ...
+        detail = (str(exc) or type(exc).__name__).splitlines()[0]
+        print(f"simulate: Kafka at {bootstrap} failed: {detail}", file=sys.stderr)
         return 1
     errors = f"; errors: {' | '.join(stats.errors)}" if stats.errors else ""
     print(

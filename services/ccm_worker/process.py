@@ -49,6 +49,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
         "CCM_LOG_LEVEL": settings.log_level,
         "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
+        "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
     }
     env.update(extra)
     return env

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         "docs/processing-guarantee.md.",
     )
     web_host: str = "127.0.0.1"
-    web_port: int = 6066
+    web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
     web_advertised_host: str | None = Field(
         default=None,
         description="Host other workers use to reach this one (look-up forwarding); "
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     stall_exit_seconds: Annotated[float, Field(ge=0)] = Field(
         default=30.0,
         description="Exit (code 75) when input waits but no batch ran for this long; 0: never.",
+    )
+    broker_wait_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=30.0,
+        description="How long a command (worker, close, simulate, topics) waits for a Kafka "
+        "broker to answer at start before it exits with one clear line; 0: one attempt.",
     )
     profiles_file: Path | None = None
     practices_file: Path | None = None

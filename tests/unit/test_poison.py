@@ -296,3 +296,18 @@ def test_message_never_quotes_an_unknown_key() -> None:
     processed, _ = feed(encode(good(**{"Jane Doe, DOB 1950": 1})))
     dead = dead_letter(processed)
     assert "Jane" not in dead.message and processed.reason is Reason.INVALID_FIELD
+
+
+def test_every_reason_code_is_documented_with_an_example() -> None:
+    """docs/events.md has a row (code, when, example) for every reason code."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text("utf-8")
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
+    for reason in Reason:
+        assert reason.value in rows, reason
+        assert len([c for c in rows[reason.value].split("|") if c.strip()]) == 3, reason

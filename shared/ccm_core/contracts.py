@@ -19,12 +19,11 @@ from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     SerializeAsAny,
     Strict,
     StrictBool,
@@ -34,42 +33,32 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 SCHEMA_VERSION = 1
 
 # --------------------------------------------------------------------------------------------
-# Strict scalar types of the inputs. Each one is checked here, in Python, with exactly the rule
-# its JSON Schema states (``WithJsonSchema``), so that the service accepts what the published
+# Strict scalar types of the inputs. Each one is checked with exactly the rule its JSON Schema
+# states (``WithJsonSchema``), so that the service accepts what the published
 # schema accepts and nothing else (tests/unit/test_schema_oracle.py checks it with the
 # independent ``jsonschema`` validator). Patterns are written for every regex dialect a schema
 # consumer may use (ECMA 262, Python ``re``): ASCII classes only, ``[0-9]`` rather than ``\d``
 # (Unicode digits elsewhere), and ``"not": {"pattern": "\\n"}`` beside each anchored pattern,
 # because ``$`` in Python's ``re`` (which ``jsonschema`` uses) also matches before a final
-# newline.
+# newline. The patterns run in pydantic-core (Rust regex, where ``$`` is the end of the text),
+# not in Python: validation stays off the interpreter on the hot path.
 # --------------------------------------------------------------------------------------------
 
 _NO_NEWLINE: dict[str, Any] = {"pattern": r"\n"}
 
 ID_PATTERN = r"[!-~]{1,128}"
 """Ids: 1-128 printable ASCII characters, no space (like FHIR ids: opaque, safe in any log)."""
-_ID_RE = re.compile(ID_PATTERN)
-
-
-def _identifier(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("missing_field", "must not be empty or blank")
-    if not _ID_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "invalid_field", "must be 1-128 printable ASCII characters without spaces"
-        )
-    return value
 
 
 Identifier = Annotated[
     str,
     Strict(),
-    AfterValidator(_identifier),
+    StringConstraints(pattern=f"^{ID_PATTERN}$"),  # checked by pydantic-core (Rust regex)
     WithJsonSchema(
         {
             "type": "string",
@@ -98,42 +87,48 @@ TIMESTAMP_PATTERN = (
 )
 """RFC 3339 date-time with seconds and a UTC offset (``Z`` or ``±hh:mm`` up to 14 hours),
 optional fraction of 1-6 digits, a real calendar date in 2000-2099."""
-_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN)
 
 
-def _timestamp(value: object) -> object:
-    """Check a timestamp's text (the wire) or an aware datetime (Python callers)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise PydanticCustomError("timestamp_without_offset", "must carry a UTC offset")
-        if not MIN_YEAR <= value.year <= MAX_YEAR:
-            raise PydanticCustomError(
-                "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
-            )
-        return value
-    if not isinstance(value, str):
-        raise PydanticCustomError("invalid_field", "must be an RFC 3339 date-time string")
-    if _TIMESTAMP_RE.fullmatch(value):
-        return value
-    try:  # not in the accepted form: say why, as precisely as we can
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is not None and parsed.tzinfo is None:
+def _in_range(value: datetime) -> datetime:
+    """An aware datetime given by a Python caller: the same rules as the wire's text."""
+    if value.tzinfo is None or value.utcoffset() is None:
         raise PydanticCustomError("timestamp_without_offset", "must carry a UTC offset")
-    if parsed is not None and not MIN_YEAR <= parsed.year <= MAX_YEAR:
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise PydanticCustomError(
             "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
         )
-    raise PydanticCustomError(
-        "invalid_field",
-        "must be an RFC 3339 date-time: YYYY-MM-DDThh:mm:ss[.ffffff] and Z or ±hh:mm",
-    )
+    return value
+
+
+class _Rfc3339:
+    """The wire form of a timestamp: the text must match ``TIMESTAMP_PATTERN``, then it is
+    parsed; both steps run in pydantic-core (no Python call per field on the hot path).
+    Python callers may also give an aware ``datetime``."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        wire = core_schema.chain_schema(
+            [
+                core_schema.str_schema(pattern=f"^{TIMESTAMP_PATTERN}$", strict=True),
+                core_schema.datetime_schema(tz_constraint="aware"),
+            ]
+        )
+        python = core_schema.union_schema(
+            [
+                core_schema.no_info_after_validator_function(
+                    _in_range, core_schema.datetime_schema(strict=True)
+                ),
+                wire,
+            ],
+            mode="left_to_right",
+        )
+        return core_schema.json_or_python_schema(json_schema=wire, python_schema=python)
 
 
 Timestamp = Annotated[
-    AwareDatetime,
-    BeforeValidator(_timestamp),
+    datetime,
+    _Rfc3339(),
     WithJsonSchema(
         {
             "type": "string",
@@ -161,21 +156,24 @@ def _json_integer(value: object) -> object:
     return value
 
 
-def _minutes(value: int) -> int:
-    if value <= 0:
-        raise PydanticCustomError("non_positive_minutes", "must be greater than 0")
-    if value > MAX_MINUTES:
-        raise PydanticCustomError(
-            "duration_exceeds_bound", f"a single log may not exceed {MAX_MINUTES} minutes"
-        )
+def _minutes(value: object) -> object:
+    """``minutes``, in one Python call (the hot path): a JSON integer (30.0 is 30), in range.
+    Anything else is left to the strict int validator, which rejects it."""
+    value = _json_integer(value)
+    if isinstance(value, int):
+        if value <= 0:
+            raise PydanticCustomError("non_positive_minutes", "must be greater than 0")
+        if value > MAX_MINUTES:
+            raise PydanticCustomError(
+                "duration_exceeds_bound", f"a single log may not exceed {MAX_MINUTES} minutes"
+            )
     return value
 
 
 Minutes = Annotated[
     int,
     Strict(),
-    BeforeValidator(_json_integer),
-    AfterValidator(_minutes),
+    BeforeValidator(_minutes),
     WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": MAX_MINUTES}),
 ]
 
@@ -195,18 +193,10 @@ SchemaVersion = Annotated[
 PAYER_PATTERN = r"[a-z][a-z0-9_]{0,63}"
 
 
-def _payer(value: str) -> str:
-    if not re.fullmatch(PAYER_PATTERN, value):
-        raise PydanticCustomError(
-            "invalid_field", "must be a profile name: a-z, 0-9 and _, starting with a letter"
-        )
-    return value
-
-
 Payer = Annotated[
     str,
     Strict(),
-    AfterValidator(_payer),
+    StringConstraints(pattern=f"^{PAYER_PATTERN}$"),
     WithJsonSchema(
         {"type": "string", "maxLength": 64, "pattern": f"^{PAYER_PATTERN}$", "not": _NO_NEWLINE}
     ),
@@ -215,16 +205,10 @@ Payer = Annotated[
 SERVICE_MONTH_PATTERN = r"20[0-9]{2}-(?:0[1-9]|1[0-2])"
 
 
-def _service_month(value: str) -> str:
-    if not re.fullmatch(SERVICE_MONTH_PATTERN, value):
-        raise PydanticCustomError("invalid_field", "must be a month YYYY-MM in 2000-2099")
-    return value
-
-
 ServiceMonth = Annotated[
     str,
     Strict(),
-    AfterValidator(_service_month),
+    StringConstraints(pattern=f"^{SERVICE_MONTH_PATTERN}$"),
     WithJsonSchema({"type": "string", "pattern": f"^{SERVICE_MONTH_PATTERN}$", "not": _NO_NEWLINE}),
 ]
 """A calendar month, ``YYYY-MM`` (years 2000-2099), in the practice's local time zone."""
@@ -670,13 +654,43 @@ def _field_name(part: object) -> str:
     return text if _FIELD_NAME.fullmatch(text) else "<field>"
 
 
+_PATTERN_MESSAGES = {
+    f"^{ID_PATTERN}$": "must be 1-128 printable ASCII characters without spaces",
+    f"^{TIMESTAMP_PATTERN}$": "must be an RFC 3339 date-time, YYYY-MM-DDThh:mm:ss[.ffffff] "
+    "and Z or ±hh:mm, in the years 2000-2099",
+    f"^{PAYER_PATTERN}$": "must be a profile name: a-z, 0-9 and _, starting with a letter",
+    f"^{SERVICE_MONTH_PATTERN}$": "must be a month YYYY-MM in 2000-2099",
+}
+
+
+def _pattern_reason(pattern: str, value: object) -> tuple[Reason, str]:
+    """Why a text did not match its pattern (the value decides the code; it is not quoted)."""
+    message = _PATTERN_MESSAGES.get(pattern, "is not in the expected form")
+    text = value if isinstance(value, str) else ""
+    if pattern == f"^{ID_PATTERN}$" and not text.strip():
+        return Reason.MISSING_FIELD, "must not be empty or blank"
+    if pattern == f"^{TIMESTAMP_PATTERN}$":
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return Reason.INVALID_FIELD, message
+        if parsed.tzinfo is None:
+            return Reason.TIMESTAMP_WITHOUT_OFFSET, "must carry a UTC offset"
+        if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+            return Reason.TIMESTAMP_OUT_OF_RANGE, f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+    return Reason.INVALID_FIELD, message
+
+
 def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
     """The reason code and a message naming the field, never echoing input values."""
-    first: Any = err.errors(include_input=False, include_url=False)[0]
+    first: Any = err.errors(include_url=False)[0]  # the input decides, it is never quoted
     etype: str = first["type"]
     loc = [_field_name(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
     field = ".".join(loc) or "payload"
     msg = str(first["msg"])
+    if etype == "string_pattern_mismatch":
+        reason, text = _pattern_reason(str(first["ctx"]["pattern"]), first.get("input"))
+        return reason, f"field '{field}': {text}"
     if loc and loc[-1] == "schema_version":
         return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
     if etype == "extra_forbidden":

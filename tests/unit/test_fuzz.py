@@ -22,7 +22,7 @@ from tests.unit.hostile import HOSTILE_PAYLOADS, base_log
 from tests.unit.test_schema_oracle import FIELDS, mutate, timestamps, values
 from tests.unit.unit_helpers import CLOSE_AT, local, log, void
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check_one(tally: LocalTally, raw: bytes, offset: int) -> Processed:

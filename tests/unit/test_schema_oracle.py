@@ -220,7 +220,7 @@ def mutate(base: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str, An
     return event
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bases, st.lists(mutation, min_size=1, max_size=3))
 def test_schema_oracle_agrees_on_mutated_events(
     base: dict[str, Any], changes: list[tuple[str, Any]]
@@ -229,7 +229,7 @@ def test_schema_oracle_agrees_on_mutated_events(
     assert_agree(mutate(base, changes))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(timestamps)
 def test_schema_oracle_agrees_on_timestamps(text: str) -> None:
     """Timestamps across the years 1-9999, every offset, and near-miss spellings."""
@@ -237,7 +237,7 @@ def test_schema_oracle_agrees_on_timestamps(text: str) -> None:
     assert_agree({**base_log(), "start": text, "minutes": 1, "recorded_at": text})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(
         st.tuples(

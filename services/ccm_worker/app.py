@@ -1,22 +1,32 @@
-"""The tally worker: Kafka wiring of the input topics, the ledger table, timers and web views
-to the pure core (aiokafka consumer group + idempotent producer; no billing logic here).
+"""The tally worker: a faust-streaming app wiring topics, the ledger table, timers and web views
+to the pure core (no billing logic here).
 
-Per batch of input messages, under the batch lock:
-1. every event is decoded and applied through :func:`ccm_core.ingest.process`;
-2. all outputs (thresholds, records, dead letters) are published and their **acks awaited**;
-3. then each changed ledger is written once to the compacted changelog, acks awaited;
-4. then the input offsets are committed.
-
-So an output can never be lost behind a state change: a crash before 3 replays the batch from
-the old state and re-publishes the same outputs with the same deterministic ids, which a
-consumer drops as duplicates; a crash between 3 and 4 replays events the ledger already holds,
-recognised as duplicates that publish nothing.
-
-Rebalances: the revoke callback takes the batch lock, so it waits for the batch in flight to
-finish (outputs, changelog, commit) before the partition can move; the assign callback
-recovers the ledgers of every partition it did not hold up to date from the changelog before
-any input of that partition is processed. A batch fetched across a rebalance is dropped
-unprocessed: the new assignment restarts every partition from its committed offset.
+- **Agent** ``tally`` over the time-log and month-close topics (and any further input topic
+  in :func:`input_topics`), batched with ``take_events``. Each input is decoded and applied
+  through :func:`ccm_core.ingest.process`, the function ``ccm-tally replay`` uses too.
+- **Table** ``ledgers``: one :class:`~ccm_core.tally.PatientLedger` per patient id, in faust's
+  store, with its compacted changelog ``<app id>-ledgers-changelog`` (values in the core's
+  ledger codec). faust recovers it on every assignment (``read_committed``).
+- **Fence** (``processing_guarantee="exactly_once"``): faust keeps one transactional producer
+  per input partition (transactional id ``<app id>-<group>-<partition>``) and commits a
+  partition's input offsets inside that producer's transaction. Every output of an input
+  record and every changelog write of its ledger go through **that input partition's**
+  producer (:meth:`TallyWorker._send_all`), and a commit never runs in the middle of a batch
+  (:meth:`TallyWorker._guard_commits`). So a batch's outputs, its state and its offsets
+  become visible together or not at all, and a worker that lost its partitions (paused past
+  the session timeout, cut off) is fenced by the new owner's producer: nothing it writes
+  afterwards is ever read by a ``read_committed`` consumer, and it exits (code 71) when it
+  learns so.
+- **Any producer partitioner**: a time log must be on its patient's partition (Kafka's default
+  murmur2 of the key, which faust's table routing uses too). One that arrived elsewhere (a
+  librdkafka CRC32 producer, random or explicit partitions) is forwarded, unchanged, to its
+  key's partition of the same topic before the arrival offset is committed, and counted in
+  ``ccm_rerouted_records_total``; it is tallied when it arrives there (once, however many
+  times it is forwarded: the core drops a redelivered log as a duplicate).
+- **Timer** ``close_due_months`` puts a due-close command on each owned control partition; the
+  agent applies it in order with the partition's input (closes and retention).
+- **Web views** (faust's aiohttp server): ``/metrics``, ``/healthz``, ``/readyz`` and
+  ``/tally/{patient_id}``, routed to the owner of the key by faust's table router.
 """
 
 from __future__ import annotations
@@ -25,21 +35,27 @@ import asyncio
 import contextlib
 import io
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord, TopicPartition
-from pydantic import ValidationError
+from . import faust_fixes
 
-from ccm_core import codec as ledger_codec
-from ccm_core.config import CoreConfig, load_config
-from ccm_core.contracts import (
+faust_fixes.apply()  # before any faust object is built: see the module's docstring
+
+import faust  # noqa: E402  (the fixes must be applied first)
+from aiokafka.errors import KafkaError  # noqa: E402
+from aiokafka.partitioner import murmur2  # noqa: E402
+from faust.serializers import codecs  # noqa: E402
+from faust.types import TP  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from ccm_core import codec as ledger_codec  # noqa: E402
+from ccm_core.config import CoreConfig, load_config  # noqa: E402
+from ccm_core.contracts import (  # noqa: E402
     BillingRecord,
     MonthCloseCommand,
     Outcome,
@@ -47,8 +63,8 @@ from ccm_core.contracts import (
     ThresholdEvent,
     reason_from_validation_error,
 )
-from ccm_core.ingest import Processed, Source, process, rejected_output
-from ccm_core.observability import (
+from ccm_core.ingest import Processed, Source, process, rejected_output  # noqa: E402
+from ccm_core.observability import (  # noqa: E402
     ASSIGNED_PARTITIONS,
     BATCH_SIZE,
     CONSUMER_LAG,
@@ -61,236 +77,295 @@ from ccm_core.observability import (
     RECORD_LINES,
     RECORDS,
     REJECTIONS,
+    REROUTED,
     THRESHOLDS,
     get_logger,
 )
-from ccm_core.settings import Settings
-from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine
+from ccm_core.settings import Settings  # noqa: E402
+from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine  # noqa: E402
 
-from .process import STALL_EXIT_CODE
-from .routing import RoutingAssignor, advertised_url, routing_assignor
+from .exits import BATCH_FAILED, FENCED, STALLED  # noqa: E402
+from .routing import advertised_url  # noqa: E402
 
 log = get_logger("ccm.worker")
 
 TABLE_NAME = "ledgers"
-BATCH_FAILED_EXIT_CODE = 70  # EX_SOFTWARE: outputs or state could not be written
-RECOVERY_TIMEOUT_SECONDS = 600.0
+AGENT_NAME = "tally"
 
 Ledgers = dict[str, PatientLedger]
+Message = tuple[str, int, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+"""(topic, partition, key, value, headers) to send"""
 
 
 def changelog_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: TallyWorker) -> None:
-        self.worker = worker
+def input_topics(settings: Settings) -> list[str]:
+    """The agent's input topics: time logs and close commands."""
+    t = settings.topics
+    return [t.timelog, t.month_close]
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.worker.on_revoked(set(revoked))
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.worker.on_assigned(set(assigned))
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java clients, aiokafka, faust's router)
+    gives a key: a patient's ledger, its inputs and its outputs all live there."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class LedgerCodec(codecs.Codec):
+    """Changelog value codec: the core's compact ledger layout (``ccm_core.codec``)."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return ledger_codec.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return ledger_codec.loads(s)
+
+
+codecs.register("ccm_ledger", LedgerCodec())
+
+
+class LedgerTable(faust.Table[str, PatientLedger]):
+    """The ledger table: raw patient-id keys, core-codec values on the changelog; each
+    recovered ledger remembers its partition (closes and revokes select ledgers by it)."""
+
+    def _serializer_from_type(self, typ: Any) -> str:
+        return "raw" if typ is str else "ccm_ledger"
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        events = list(batch)
+        super().apply_changelog_batch(events)
+        data = self.data
+        for event in events:
+            key = event.key
+            if isinstance(key, bytes | bytearray):
+                key = bytes(key).decode()
+            ledger = data.get(key)
+            if ledger is not None:
+                ledger.partition = event.message.partition
+
+
+class FencedError(Exception):
+    """This worker's transactional producer for a partition is gone or fenced."""
 
 
 class TallyWorker:
-    """One worker process: a consumer-group member holding the ledgers of its partitions."""
+    """Builds the faust app for one :class:`Settings` and holds its wiring."""
 
     def __init__(self, settings: Settings, config: CoreConfig | None = None) -> None:
-        self.settings = settings
+        self.settings = s = settings
         self.engine = TallyEngine(
             config or load_config(settings.profiles_file, settings.practices_file)
         )
-        t = settings.topics
-        self.inputs = (t.timelog, t.month_close)
-        self.changelog = changelog_topic_name(settings)
-        self.url = advertised_url(settings)
-        self.assignor: type[RoutingAssignor] = routing_assignor(self.url, t.timelog)
-        # state: the ledgers of each owned input partition, and the next offset to process
-        self.ledgers: dict[int, Ledgers] = {}
-        self.owned: set[int] = set()
-        self.next_offset: dict[TopicPartition, int] = {}
-        self._epoch = 0  # bumped by every revoke and assign: a batch fetched before is stale
-        self._ready = False
-        self._stopping = False
-        self._lock: asyncio.Lock | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._restore: AIOKafkaConsumer | None = None
+        self.url = advertised_url(s)
+        host_port = self.url.removeprefix("http://").rsplit(":", 1)
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        session = s.session_timeout_seconds
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap_servers.split(",")],
+            store="memory://",
+            datadir=str(s.data_dir),
+            processing_guarantee="exactly_once",
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            topic_allow_declare=True,
+            table_standby_replicas=0,
+            broker_session_timeout=session,
+            broker_heartbeat_interval=max(0.1, min(3.0, session / 3)),
+            broker_rebalance_timeout=max(30.0, 3 * session),
+            # commits are made by the agent after each batch (latency of read_committed
+            # consumers); faust's own timer is a backstop and waits for the batch in flight
+            broker_commit_interval=5.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger_ms=2,
+            stream_buffer_maxsize=max(4096, 2 * s.batch_max_events),
+            stream_wait_empty=True,
+            stream_recovery_delay=0.2,
+            web_enabled=True,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            web_host=host_port[0],
+            web_in_thread=False,
+            # faust's own pages would list table contents (PHI) and internals: off
+            web_stats_enabled=False,
+            web_graph_enabled=False,
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_metrics_enabled=False,
+        )
+        n = s.partitions
+        self.inputs = input_topics(s)
+        self.control = s.topics.month_close
+        self.rerouted_topics = {t for t in self.inputs if t != self.control}
+        self.input_topic = self.app.topic(
+            *self.inputs,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=n,
+        )
+        self.table = LedgerTable(
+            self.app,
+            name=TABLE_NAME,
+            default=None,
+            partitions=n,
+            key_type=str,
+            help="One PatientLedger per patient id (all its patient-months).",
+        )
+        self.app.tables.add(self.table)
+        self.changelog = self.table.changelog_topic.get_topic_name()
+        if self.changelog != changelog_topic_name(s):  # topics.py creates this one
+            raise RuntimeError(f"unexpected changelog topic {self.changelog}")
+        self.app.agent(self.input_topic, name=AGENT_NAME)(self._agent)
+        self.app.timer(s.close_tick_seconds, on_leader=False, name="close_due_months")(
+            self._close_tick
+        )
+        self.app.timer(5.0, on_leader=False, name="monitor")(self._monitor)
+        self._recovery_probe = faust_fixes.RecoveryEndProbe()
+        self._recovery_probe_task: asyncio.Task[None] | None = None
+        self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
+        self._batch_lock = asyncio.Lock()
+        self._commits_guarded = False
         self._batch_started: float | None = None
-        self._last_batch_done = time.monotonic()
+        self._last_progress = time.monotonic()
+        self._last_committed: dict[TP, int] = {}
         self._ready_since = time.monotonic()
-        self._caught_up_at = time.monotonic()
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
         self._lag_partitions: set[int] = set()
         self._outcome_counters = {o: EVENTS.labels(o.value) for o in Outcome}
-        self._debug = settings.log_level == "DEBUG"
+        self._debug = s.log_level == "DEBUG"
+        from .web import register_views  # aiohttp views need the app built
 
-    # ------------------------------------------------------------------ life cycle
+        register_views(self)
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (exit 0) or a fatal error (the process exits)."""
-        from .web import WebServer  # aiohttp is only needed by a running worker
+    # ------------------------------------------------------------------ the agent
 
+    async def _agent(self, stream: Any) -> None:
         s = self.settings
-        self._lock = asyncio.Lock()
-        session_ms = int(s.session_timeout_seconds * 1000)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{s.app_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=30000,
-        )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{s.app_id}-consumer",
-            group_id=s.app_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, min(3000, session_ms // 3)),
-            rebalance_timeout_ms=max(30000, 3 * session_ms),
-            partition_assignment_strategy=(self.assignor,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
-        self._restore = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{s.app_id}-restore",
-            group_id=None,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-        web = WebServer(self)
-        await web.start()
-        await self._producer.start()
-        await self._restore.start()
-        await self._consumer.start()
-        self._consumer.subscribe(list(self.inputs), listener=_Rebalance(self))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        timers = [
-            asyncio.create_task(self._every(s.close_tick_seconds, self._close_tick)),
-            asyncio.create_task(self._every(5.0, self._monitor)),
-        ]
-        self.start_loop_watchdog()
-        log.info("worker_started", web=self.url, group=s.app_id, inputs=list(self.inputs))
-        try:
-            await self._consume()
-        finally:
-            for task in timers:
-                task.cancel()
-            await asyncio.gather(*timers, return_exceptions=True)
-            await self._consumer.stop()  # leaves the group: the others rebalance at once
-            await self._restore.stop()
-            await self._producer.stop()
-            await web.stop()
-            log.info("worker_stopped")
-        return 0
-
-    def stop(self) -> None:
-        """Finish the batch in flight, commit it, leave the group."""
-        self._stopping = True
-
-    async def _every(self, seconds: float, job: Any) -> None:
-        while True:
-            await asyncio.sleep(seconds)
+        self._guard_commits()
+        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
             try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a timer must not die of one failure
-                log.exception("timer_failed", job=job.__name__)
+                async with self._batch_lock:
+                    await self.process_batch(events)
+                    for event in events:  # acked now, so that the commit below covers them
+                        await stream.ack(event)
+                await self.app.consumer.commit()
+            except FencedError as exc:
+                # The group gave our partitions to another worker, whose producer fenced ours:
+                # nothing of this batch is visible to read_committed readers. Exit, so the
+                # supervisor starts a fresh worker (no stale ledger can survive in memory).
+                log.error("producer_fenced_exiting", error=str(exc))
+                os._exit(FENCED)
+            except BaseException as exc:
+                # take_events acks a batch even when its body fails: an unfinished batch must
+                # never be committed. Fail-stop: exit now; a fresh worker replays the batch.
+                log.critical("batch_failed_exiting", error=repr(exc), events=len(events))
+                os._exit(BATCH_FAILED)
 
-    # ------------------------------------------------------------------ the loop
+    def _guard_commits(self) -> None:
+        """Make faust's transaction commits wait for the batch in flight.
 
-    async def _consume(self) -> None:
-        assert self._consumer is not None and self._lock is not None
-        consumer = self._consumer
-        s = self.settings
-        while not self._stopping:
-            epoch = self._epoch
-            batch = await consumer.getmany(timeout_ms=500, max_records=s.batch_max_events)
-            if not batch:
-                continue
-            async with self._lock:
-                if epoch != self._epoch:
-                    # A rebalance happened while fetching: the batch may hold messages of an
-                    # old assignment. Drop it and fetch again from the next unprocessed offset
-                    # of each partition still owned (the others go to their new owner).
-                    self._rewind(batch)
-                    continue
-                try:
-                    await self.process_batch(batch)
-                except BaseException as exc:
-                    # Fail-stop: nothing of this batch is committed; a restarted worker
-                    # processes it again from the last committed offsets (at-least-once).
-                    log.critical("batch_failed_exiting", error=repr(exc))
-                    os._exit(BATCH_FAILED_EXIT_CODE)
+        faust commits (its timer, a rebalance's ``wait_empty``) may run while the agent is
+        between the outputs and the changelog writes of a batch; committing then would make
+        half a batch visible. The transaction manager's ``commit`` takes the batch lock.
+        """
+        if self._commits_guarded:
+            return
+        transactions: Any = self.app.consumer.transactions
+        commit = transactions.commit
+        lock = self._batch_lock
 
-    def _rewind(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        assert self._consumer is not None
-        assignment = self._consumer.assignment()
-        for tp in batch:
-            if tp in assignment and tp in self.next_offset:
-                self._consumer.seek(tp, self.next_offset[tp])
-        log.info("stale_batch_refetched", partitions=sorted(map(str, batch)))
+        async def guarded(offsets: Any, start_new_transaction: bool = True) -> bool:
+            async with lock:
+                result: bool = await commit(offsets, start_new_transaction=start_new_transaction)
+                return result
 
-    async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        transactions.commit = guarded
+        self._commits_guarded = True
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
         self._batch_started = time.monotonic()
         started = time.perf_counter()
         now = datetime.now(UTC)
-        touched: Ledgers = {}
-        outputs: list[tuple[int, Output]] = []  # (partition, output): outputs stay co-partitioned
-        control = self.settings.topics.month_close
-        count = 0
-        for tp, messages in batch.items():
-            ledgers = self.ledgers.setdefault(tp.partition, {})
-            lookup = self._ledger_lookup(tp.partition, ledgers)
-            for msg in messages:
-                count += 1
-                raw = msg.value if msg.value is not None else b""
-                if tp.topic == control:
-                    closed = self._close(raw, msg, now, ledgers, touched)
-                    outputs += [(tp.partition, o) for o in closed]
+        n = self.settings.partitions
+        data = self.table.data
+        touched: dict[int, Ledgers] = defaultdict(dict)  # input partition -> its changed ledgers
+        out: dict[int, list[Message]] = defaultdict(list)  # input partition -> what it sends
+        forwards: list[Message] = []  # inputs off their patient's partition
+        for event in events:
+            msg = event.message
+            p = msg.partition
+            raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
+            sends = out[p]
+            if msg.topic == self.control:
+                for o in self._close(raw, msg, now, touched[p]):
+                    sends.append(self._message(p, o))
+                continue
+            key: bytes | None = msg.key
+            if key is not None and msg.topic in self.rerouted_topics:
+                home = home_partition(key, n)
+                if home != p:
+                    # not on its patient's partition (another partitioner): forward it there
+                    forwards.append((msg.topic, home, key, raw, _headers(msg)))
+                    REROUTED.labels(msg.topic).inc()
+                    if self._debug:
+                        log.debug("input_rerouted", partition=p, offset=msg.offset, to=home)
                     continue
-                outputs += [(tp.partition, o) for o in self._apply(raw, msg, lookup, touched, now)]
-        await self.publish(outputs)
-        await self.persist(touched)
-        await self.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+            for o in self._apply(raw, msg, key, data, touched[p], now):
+                sends.append(self._message(p, o))
+        changelog, dumps = self.changelog, ledger_codec.dumps
+        for p, ledgers in touched.items():
+            for patient_id, ledger in ledgers.items():
+                data[patient_id] = ledger
+                out[p].append((changelog, p, patient_id.encode(), dumps(ledger), None))
+        await self._send_all(out, forwards)
         self._batch_started = None
-        self._last_batch_done = time.monotonic()
+        self._last_progress = time.monotonic()
         finished = time.perf_counter()
-        BATCH_SIZE.observe(count)
-        per_event = (finished - started) / max(1, count)
+        BATCH_SIZE.observe(len(events))
+        per_event = (finished - started) / max(1, len(events))
         wall = time.time()
-        for messages in batch.values():
-            for msg in messages:
-                PROCESSING.observe(per_event)
-                END_TO_END.observe(max(0.0, wall - msg.timestamp / 1000))
+        for event in events:
+            PROCESSING.observe(per_event)
+            END_TO_END.observe(max(0.0, wall - event.message.timestamp))
 
     def _apply(
-        self, raw: bytes, msg: ConsumerRecord, lookup: Any, touched: Ledgers, now: datetime
+        self,
+        raw: bytes,
+        msg: Any,
+        key_bytes: bytes | None,
+        data: Any,
+        touched: Ledgers,
+        now: datetime,
     ) -> list[Output]:
         # the input must be keyed by patient id: an unkeyed log is a key mismatch too
-        key = msg.key.decode("utf-8", "replace") if msg.key is not None else ""
+        key = key_bytes.decode("utf-8", "replace") if key_bytes is not None else ""
         source = Source(msg.topic, msg.partition, msg.offset)
+        partition = msg.partition
+
+        def lookup(patient_id: str) -> PatientLedger:
+            found: PatientLedger | None = touched.get(patient_id)
+            if found is None:
+                found = data.get(patient_id)
+            if found is None:
+                found = PatientLedger(patient_id, partition=partition)
+            return found
+
         try:
             processed, ledger = process(self.engine, lookup, raw, source, key=key, received_at=now)
-        except Exception as exc:  # a bug must not lose the event: dead-letter it
+        except Exception as exc:  # a bug must not lose the event nor stop the partition
             log.exception("event_failed", partition=msg.partition, offset=msg.offset)
             reason = Reason.INTERNAL_ERROR
             dead = rejected_output(raw, reason, type(exc).__name__, source, key, now)
             processed, ledger = Processed(Outcome.REJECTED, [dead], None, reason), None
         self._outcome_counters[processed.outcome].inc()
         if ledger is not None:
-            self.ledgers[msg.partition][ledger.patient_id] = ledger
+            ledger.partition = partition
             touched[ledger.patient_id] = ledger
         if processed.reason is not None:
             REJECTIONS.labels(processed.reason.value).inc()
@@ -299,68 +374,57 @@ class TallyWorker:
             self._log_outcome(processed, source)
         return processed.outputs
 
-    @staticmethod
-    def _ledger_lookup(partition: int, ledgers: Ledgers) -> Any:
-        def lookup(patient_id: str) -> PatientLedger:
-            found = ledgers.get(patient_id)
-            return found if found is not None else PatientLedger(patient_id, partition=partition)
+    def _message(self, partition: int, out: Output) -> Message:
+        """An output as a message on the input's partition number (outputs stay
+        co-partitioned with their patient)."""
+        self._count_output(out)
+        topic = self.settings.topics.output_topic(out.kind)
+        return (topic, partition, out.key.encode(), out.to_json().encode(), None)
 
-        return lookup
+    def _transactional_id(self, partition: int) -> str:
+        """The transactional id faust gives input partition ``partition`` (all input topics
+        are one co-partitioned group: partition *p* of each lands on the same worker)."""
+        group = self.app.assignor.group_for_topic(self.inputs[0])
+        return f"{self.app.conf.id}-{group}-{partition}"
 
-    async def publish(self, outputs: Iterable[tuple[int, Output]]) -> None:
-        """Send outputs to the input's partition number and wait until every one is
-        acknowledged (before the ledgers are written: an output is never lost behind state)."""
-        messages = []
-        for partition, out in outputs:
-            topic = self.settings.topics.output_topic(out.kind)
-            messages.append((topic, partition, out.key.encode(), out.to_json().encode()))
-            self._count_output(out)
-        await self._send_all(messages)
+    async def _send_all(self, out: dict[int, list[Message]], forwards: list[Message]) -> None:
+        """Send each input partition's messages through that partition's transactional
+        producer, as one record batch per topic-partition, and wait for the broker's acks.
 
-    async def persist(self, touched: Ledgers) -> None:
-        """Write the batch's changed ledgers to the compacted changelog, once each, to the
-        ledger's input partition; wait for the acks (before the input offsets are committed)."""
-        changelog, dumps = self.changelog, ledger_codec.dumps
-        await self._send_all(
-            [
-                (changelog, ledger.partition, patient_id.encode(), dumps(ledger))
-                for patient_id, ledger in touched.items()
-            ]
-        )
+        Forwarded inputs go through faust's plain (idempotent) producer instead: a
+        transaction would leave its commit marker on the input topic, an offset no consumer
+        ever processes, so committed-lag checks would never see the input drained. Not
+        fencing them is safe: the home partition applies a forwarded log once, however many
+        times it arrives (same event id, same content: a duplicate), and the forward is
+        acknowledged before the input offset that caused it is committed.
 
-    async def _send_all(self, messages: Sequence[tuple[str, int, bytes, bytes]]) -> None:
-        """Send messages as one record batch per topic-partition (in order) and wait until the
-        broker acknowledged them all. Whole batches rather than a send and a future per
-        message: the per-message futures cost more CPU than the core in a profile."""
-        assert self._producer is not None
-        producer = self._producer
-        open_: dict[tuple[str, int], Any] = {}
-        sent = []
-        for topic, partition, key, value in messages:
-            batch = open_.get((topic, partition))
-            if batch is None:
-                batch = open_[(topic, partition)] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = open_[(topic, partition)] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a {len(value)}-byte message does not fit a batch")
-        for (topic, partition), batch in open_.items():
-            sent.append(await producer.send_batch(batch, topic, partition=partition))
-        if sent:
-            await asyncio.gather(*sent)
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        try:
-            await self._consumer.commit(offsets)
-        except CommitFailedError:
-            # the group moved on without us (e.g. a long pause): the partitions' new owner
-            # replays from the last commit against the changelog we wrote, so nothing is lost;
-            # our in-memory state is re-checked against the commit at the next assignment
-            log.warning("commit_failed_after_rebalance", partitions=sorted(map(str, offsets)))
-            return
-        self.next_offset.update(offsets)
+        faust's ``TransactionManager.send`` picks the producer by the *destination*
+        partition's group, which is wrong for output topics (not consumed, so in no group)
+        and would let a crash or a pause split a batch's writes across transactions. The
+        per-partition producer is faust's own (started and fenced by faust on rebalance); we
+        only choose it by the input partition and append whole record batches to it, under
+        faust's per-producer lock (per-message futures cost more CPU than the core did).
+        """
+        producer: Any = self.app.producer
+        pending: list[Awaitable[Any]] = []
+        for partition, messages in out.items():
+            if not messages:
+                continue
+            tid = self._transactional_id(partition)
+            txn = producer._transaction_producers.get(tid)
+            if txn is None:
+                raise FencedError(f"no transactional producer for {tid} (partition revoked)")
+            async with producer._trn_locks[tid]:
+                pending += await _send_batches(txn, messages)
+        if forwards:
+            pending += await _send_batches(producer._ensure_producer(), forwards)
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                if any(_is_fenced(f) for f in failures):
+                    raise FencedError(repr(failures[0]))
+                raise failures[0]
 
     @staticmethod
     def _count_output(out: Output) -> None:
@@ -406,113 +470,9 @@ class TallyWorker:
         else:
             log.debug("input_applied", detail=processed.detail, **fields)
 
-    # ------------------------------------------------------------------ rebalancing
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        assert self._lock is not None
-        self._ready = False
-        self._epoch += 1
-        async with self._lock:  # the batch in flight finishes: outputs, changelog, commit
-            self._epoch += 1
-        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        assert self._lock is not None and self._consumer is not None
-        try:
-            async with self._lock:
-                self._epoch += 1
-                await self._take_over(assigned)
-                self._epoch += 1
-        except Exception as exc:
-            # aiokafka would log and swallow this and let us run on missing state: never
-            log.critical("assignment_failed_exiting", error=repr(exc))
-            os._exit(STALL_EXIT_CODE)
-        self._ready = True
-        self._ready_since = time.monotonic()
-
-    async def _take_over(self, assigned: set[TopicPartition]) -> None:
-        assert self._consumer is not None
-        timelog, control = self.inputs
-        partitions = {tp.partition for tp in assigned if tp.topic == timelog}
-        controls = {tp.partition for tp in assigned if tp.topic == control}
-        if controls != partitions:
-            log.error(
-                "inputs_not_copartitioned",
-                timelog=sorted(partitions),
-                month_close=sorted(controls),
-            )
-        committed: dict[TopicPartition, int] = {}
-        for tp in assigned:
-            offset = await self._consumer.committed(tp)
-            committed[tp] = offset if offset is not None and offset >= 0 else 0
-        # a partition held before is up to date only if nobody committed past us meanwhile
-        keep = {
-            p
-            for p in partitions & self.owned
-            if all(
-                committed.get(TopicPartition(t, p), 0)
-                == self.next_offset.get(TopicPartition(t, p), 0)
-                for t in self.inputs
-            )
-        }
-        for p in set(self.ledgers) - keep:
-            del self.ledgers[p]
-        recover = sorted(partitions - keep)
-        started = time.perf_counter()
-        recovered = await self._recover(recover) if recover else 0
-        self.owned = partitions
-        self.next_offset = {tp: committed[tp] for tp in assigned}
-        ASSIGNED_PARTITIONS.set(len(partitions))
-        log.info(
-            "partitions_assigned",
-            partitions=sorted(partitions),
-            kept=sorted(keep),
-            recovered_partitions=recover,
-            recovered_ledgers=recovered,
-            recovery_seconds=round(time.perf_counter() - started, 3),
-        )
-
-    async def _recover(self, partitions: Sequence[int]) -> int:
-        """Read the changelog of ``partitions`` from the start to its current end."""
-        assert self._restore is not None
-        restore = self._restore
-        tps = [TopicPartition(self.changelog, p) for p in partitions]
-        restore.assign(tps)
-        await restore.seek_to_beginning(*tps)
-        ends = await restore.end_offsets(tps)
-        remaining = {tp: end for tp, end in ends.items() if end > 0}
-        for p in partitions:
-            self.ledgers[p] = {}
-        count = 0
-        deadline = time.monotonic() + RECOVERY_TIMEOUT_SECONDS
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"changelog recovery incomplete: {remaining}")
-            batch = await restore.getmany(*remaining, timeout_ms=500, max_records=20000)
-            for tp, messages in batch.items():
-                ledgers = self.ledgers[tp.partition]
-                for msg in messages:
-                    if msg.key is None:
-                        continue
-                    patient_id = msg.key.decode()
-                    if msg.value is None:  # tombstone
-                        ledgers.pop(patient_id, None)
-                        continue
-                    ledger = ledger_codec.loads(msg.value)
-                    ledger.partition = tp.partition
-                    ledgers[patient_id] = ledger
-                    count += 1
-            for tp in list(remaining):
-                if await restore.position(tp) >= remaining[tp]:
-                    del remaining[tp]
-        restore.unsubscribe()
-        return count
-
     # ------------------------------------------------------------------ month close
 
-    def _close(
-        self, raw: bytes, msg: ConsumerRecord, now: datetime, ledgers: Ledgers, touched: Ledgers
-    ) -> list[Output]:
+    def _close(self, raw: bytes, msg: Any, now: datetime, touched: Ledgers) -> list[Output]:
         """Apply a close command to the ledgers of the message's partition."""
         started = time.perf_counter()
         source = Source(msg.topic, msg.partition, msg.offset)
@@ -524,8 +484,16 @@ class TallyWorker:
             return [rejected_output(raw, reason, message, source, None, now)]
         trigger: CloseTrigger = "timer" if command.mode == "due" else "command"
         outputs: list[Output] = []
-        closed = 0
-        archived = 0
+        closed = archived = 0
+        partition = msg.partition
+        # ledgers are changed in place: a stored one is also this batch's; ledgers created in
+        # this batch and not stored yet are in ``touched``
+        ledgers = {
+            pid: ledger
+            for pid, ledger in list(self.table.data.items())
+            if ledger.partition == partition
+        }
+        ledgers.update(touched)
         for patient_id, ledger in ledgers.items():
             produced = self.engine.close(ledger, command, trigger)
             if produced:
@@ -533,33 +501,31 @@ class TallyWorker:
                 touched[patient_id] = ledger
                 outputs += produced
             # due closes also archive months past their filing window: state stays bounded
-            if command.mode == "due" and ledger.months:
-                pruned = self.engine.prune(ledger, command.as_of)
-                if pruned:
-                    archived += pruned
-                    touched[patient_id] = ledger
+            if command.mode == "due" and ledger.months and self.engine.prune(ledger, command.as_of):
+                archived += 1
+                touched[patient_id] = ledger
         elapsed = time.perf_counter() - started
         MONTH_CLOSE.observe(elapsed)
         log.info(
             "months_closed",
             command_id=command.command_id,
             mode=command.mode,
-            partition=msg.partition,
+            partition=partition,
             records=closed,
-            archived=archived,
+            archived_ledgers=archived,
             seconds=round(elapsed, 3),
         )
         return outputs
 
     async def _close_tick(self) -> None:
-        """Ask every input partition this worker owns to close its due months (through the
-        control topic, so the close is ordered with the partition's input and replayable)."""
-        if not self._ready or self._producer is None:
+        """Put a due-close command on every control partition this worker owns (through the
+        topic, so the close is ordered with the partition's input and replayable)."""
+        if not self.is_ready():
             return
         now = datetime.now(UTC)
-        control = self.settings.topics.month_close
+        producer = self.app.producer  # plain (not transactional): the command is an input
         sent = []
-        for partition in sorted(self.owned):
+        for partition in sorted(self.owned_partitions()):
             command = MonthCloseCommand(
                 command_id=f"tick-{now.strftime('%Y%m%dT%H%M%S')}-{partition}",
                 mode="due",
@@ -567,88 +533,137 @@ class TallyWorker:
                 requested_by="timer",
             )
             value = command.model_dump_json().encode()
-            sent.append(await self._producer.send(control, value, partition=partition))
-        await asyncio.gather(*sent)  # a failed tick is logged by the timer; the next retries
+            sent.append(await producer.send(self.control, None, value, partition, None, None))
+        await asyncio.gather(*sent)  # a failed tick is logged by faust; the next one retries
 
-    # ------------------------------------------------------------------ state metrics
+    # ------------------------------------------------------------------ rebalancing
+
+    async def _on_assigned(self, app: Any, assigned: set[TP], **kwargs: Any) -> None:
+        """Forget the ledgers of partitions we no longer own: whoever owns them next (maybe
+        us again) rebuilds them from the committed changelog, never from our memory.
+
+        (faust's revoke callback names every partition in an eager rebalance, the kept ones
+        too, and faust does not recover a kept partition again: so the drop happens here,
+        against the new assignment.)"""
+        self._ready_since = time.monotonic()
+        if self._recovery_probe_task is None:
+            self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
+        mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
+        data = self.table.data
+        stale = [pid for pid, ledger in list(data.items()) if ledger.partition not in mine]
+        for pid in stale:
+            data.pop(pid, None)
+        log.info("partitions_assigned", partitions=sorted(mine), ledgers_dropped=len(stale))
+
+    async def _recovery_end(self) -> None:
+        """Every 0.25 s, from the first assignment on (faust timers start only once the
+        first recovery is over, too late for it): see ``faust_fixes.RecoveryEndProbe``."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                if await self._recovery_probe(self.app):
+                    log.info("recovery_ended_at_transaction_markers")
+            except Exception:  # a probe failure leaves faust's own (slower) detection
+                log.exception("recovery_probe_failed")
+
+    # ------------------------------------------------------------------ monitoring
+
+    def owned_partitions(self) -> set[int]:
+        timelog = self.settings.topics.timelog
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # before the first assignment
+            return set()
+        return {tp.partition for tp in actives if tp.topic == timelog}
 
     async def _monitor(self) -> None:
-        """Every 5 s: state gauges, consumer lag and the stall watchdog, all from one query of
-        the owned input partitions' end offsets."""
+        """Every 5 s: state gauges, consumer lag and the stall watchdog, from one query of the
+        owned input partitions' last stable offsets."""
         ends = await self._end_offsets()
         try:
             self._state_metrics(ends)
-        finally:  # a failing gauge must not starve the watchdog (the loop watchdog checks it)
+        finally:  # a failing gauge must not starve the watchdog
             self._watchdog(ends)
 
-    def _state_metrics(self, ends: dict[TopicPartition, int] | None) -> None:
-        open_, closed, archived, patients = 0, 0, 0, 0
-        for ledgers in list(self.ledgers.values()):
-            for ledger in list(ledgers.values()):
-                patients += 1
-                archived += len(ledger.archived)
-                for month in ledger.months.values():
-                    if month.closed:
-                        closed += 1
-                    else:
-                        open_ += 1
+    def _state_metrics(self, ends: dict[TP, int] | None) -> None:
+        open_ = closed = archived = patients = 0
+        for ledger in list(self.table.data.values()):
+            patients += 1
+            archived += len(ledger.archived)
+            for month in ledger.months.values():
+                if month.closed:
+                    closed += 1
+                else:
+                    open_ += 1
         PATIENTS.set(patients)
         PATIENT_MONTHS.labels("open").set(open_)
         PATIENT_MONTHS.labels("closed").set(closed)
         PATIENT_MONTHS.labels("archived").set(archived)
-        ASSIGNED_PARTITIONS.set(len(self.owned))
-        if ends:
-            self._consumer_lag(ends)
-
-    async def _end_offsets(self) -> dict[TopicPartition, int] | None:
-        """End offsets of the owned input partitions (None: the broker did not answer)."""
-        if self._consumer is None or not self.owned:
-            return {}
-        tps = [TopicPartition(t, p) for t in self.inputs for p in self.owned]
-        try:
-            ends = await asyncio.wait_for(self._consumer.end_offsets(tps), timeout=5.0)
-        except (TimeoutError, KafkaError):
-            return None
-        return dict(ends)
-
-    def _consumer_lag(self, ends: dict[TopicPartition, int]) -> None:
+        owned = self.owned_partitions()
+        ASSIGNED_PARTITIONS.set(len(owned))
+        if not ends:
+            return
         timelog = self.settings.topics.timelog
-        owned = set()
+        seen = set()
         for tp, end in ends.items():
             if tp.topic == timelog:
-                lag = max(0, end - self.next_offset.get(tp, 0))
-                CONSUMER_LAG.labels(str(tp.partition)).set(lag)
-                owned.add(tp.partition)
-        for gone in self._lag_partitions - owned:  # revoked: stop reporting a stale lag
+                CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - self._committed(tp)))
+                seen.add(tp.partition)
+        for gone in self._lag_partitions - seen:  # revoked: stop reporting a stale lag
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(str(gone))
-        self._lag_partitions = owned
+        self._lag_partitions = seen
 
-    # ------------------------------------------------------------------ watchdogs
+    def _committed(self, tp: TP) -> int:
+        consumer: Any = self.app.consumer
+        offset = consumer._committed_offset.get(tp)
+        return int(offset) if offset is not None else 0
 
-    def _watchdog(self, ends: dict[TopicPartition, int] | None) -> None:
-        """Fail-stop when a batch or the stream stops moving while input waits: log every
-        task's stack and exit 75 (EX_TEMPFAIL) for the supervisor (Kubernetes, compose
-        ``restart``, the test and demo runner) to start a fresh worker, which resumes from
-        the committed offsets. ``CCM_STALL_EXIT_SECONDS=0`` turns it off."""
+    async def _end_offsets(self) -> dict[TP, int] | None:
+        """Last stable offsets of the owned input partitions (None: no answer)."""
+        owned = self.owned_partitions()
+        if not owned:
+            return {}
+        tps = [TP(t, p) for t in self.inputs for p in owned]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=5.0)
+        except (TimeoutError, KafkaError, Exception):
+            return None
+        return {tp: int(v) for tp, v in ends.items() if v is not None}
+
+    def _watchdog(self, ends: dict[TP, int] | None) -> None:
+        """Fail-stop when committed offsets stop moving while input waits.
+
+        The stall faust-streaming was seen in kept *processing* (so processed offsets moved)
+        while a gap blocked the *commits*: the watchdog looks at the committed lag. After
+        ``stall_exit_seconds`` with input waiting and no commit progress it logs every
+        task's stack and exits 75 (EX_TEMPFAIL) for the supervisor to start a fresh worker,
+        which resumes from the committed offsets. ``CCM_STALL_EXIT_SECONDS=0``: off.
+        """
         limit = self.settings.stall_exit_seconds
         now = self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = True
-        if not self._ready:  # rebalancing or recovering: not a stall
+        if not self.is_ready():  # rebalancing or recovering: not a stall
             self._ready_since = now
             return
         if limit <= 0:
             return
+        waiting = 0
+        moved = False
         if ends is None:
             waiting = 1  # the broker does not answer us: count it as input waiting
         else:
-            waiting = sum(max(0, end - self.next_offset.get(tp, 0)) for tp, end in ends.items())
-        if waiting == 0:
-            self._caught_up_at = now
+            for tp, end in ends.items():
+                committed = self._committed(tp)
+                waiting += max(0, end - committed)
+                if self._last_committed.get(tp) != committed:
+                    moved = True
+                    self._last_committed[tp] = committed
+        if waiting == 0 or moved:
+            self._last_progress = now
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
-        quiet = now - max(self._last_batch_done, self._ready_since, self._caught_up_at)
-        stuck_stream = self._batch_started is None and waiting > 0 and quiet > limit
-        if not (stuck_batch or stuck_stream):
+        quiet = now - max(self._last_progress, self._ready_since)
+        if not (stuck_batch or (waiting > 0 and quiet > limit)):
             return
         stacks = []
         for task in asyncio.all_tasks():
@@ -662,7 +677,7 @@ class TallyWorker:
             seconds_quiet=round(quiet, 1),
             stacks="\n".join(stacks),
         )
-        os._exit(STALL_EXIT_CODE)
+        os._exit(STALLED)
 
     def start_loop_watchdog(self) -> None:
         """A thread that exits the process when the event loop stops running the watchdog
@@ -677,26 +692,52 @@ class TallyWorker:
                 silent = time.monotonic() - self._watchdog_ran_at
                 if self._watchdog_armed and silent > max(60.0, 2 * limit):
                     log.error("event_loop_stalled_exiting", seconds_silent=round(silent, 1))
-                    os._exit(STALL_EXIT_CODE)
+                    os._exit(STALLED)
 
         threading.Thread(target=watch, name="ccm-loop-watchdog", daemon=True).start()
 
     # ------------------------------------------------------------------ look-ups
 
     def is_ready(self) -> bool:
-        """Partitions assigned and their ledgers recovered; not in a rebalance."""
-        return self._ready
+        """Partitions assigned, the table recovered, not in a rebalance."""
+        recovery = cast(Any, self.app.tables).recovery
+        return bool(recovery.completed.is_set() and not self.app.rebalancing)
 
     def ledger(self, patient_id: str) -> PatientLedger | None:
-        for ledgers in self.ledgers.values():
-            found = ledgers.get(patient_id)
-            if found is not None:
-                return found
+        found: PatientLedger | None = self.table.data.get(patient_id)
+        return found
+
+
+def _headers(msg: Any) -> list[tuple[str, bytes]] | None:
+    headers = getattr(msg, "headers", None)
+    if not headers:
         return None
-
-    def route(self, partition: int) -> str | None:
-        """The web URL of the worker that owns ``partition`` (None: unknown)."""
-        return self.assignor.routes.get(partition)
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
 
 
-__all__ = ["TallyWorker", "changelog_topic_name"]
+def _is_fenced(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name in {"ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed"}
+
+
+async def _send_batches(producer: Any, messages: Sequence[Message]) -> list[Awaitable[Any]]:
+    """Append ``messages`` (in order) to one record batch per topic-partition of the aiokafka
+    producer and submit them; the futures resolve on the broker's acks."""
+    open_: dict[tuple[str, int], Any] = {}
+    sent: list[Awaitable[Any]] = []
+    for topic, partition, key, value, headers in messages:
+        batch = open_.get((topic, partition))
+        if batch is None:
+            batch = open_[(topic, partition)] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = open_[(topic, partition)] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                raise ValueError(f"a {len(value or b'')}-byte message does not fit a batch")
+    for (topic, partition), batch in open_.items():
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+    return sent
+
+
+__all__ = ["TallyWorker", "changelog_topic_name", "home_partition", "input_topics"]

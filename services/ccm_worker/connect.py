@@ -2,7 +2,8 @@
 
 Used by ``ccm-tally close`` and ``ccm-tally simulate`` before they produce, and meant for the
 worker's start (``ensure_broker``): without it a client either retries forever or fails with a
-library traceback. The wait is ``CCM_BROKER_WAIT_SECONDS`` (default 30 s); 0 tries once.
+library traceback. The wait is ``CCM_BROKER_WAIT_SECONDS`` (``Settings.broker_wait_seconds``,
+default 120 s); 0 tries once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import logging
 import os
 import time
 
+from ccm_core.settings import Settings
+
+from .exits import BROKER_UNAVAILABLE
+
 BROKER_WAIT_ENV = "CCM_BROKER_WAIT_SECONDS"
-DEFAULT_BROKER_WAIT_SECONDS = 30.0
-BROKER_UNAVAILABLE_EXIT_CODE = 69  # EX_UNAVAILABLE
+DEFAULT_BROKER_WAIT_SECONDS: float = Settings.model_fields["broker_wait_seconds"].default
+BROKER_UNAVAILABLE_EXIT_CODE = BROKER_UNAVAILABLE  # 69, EX_UNAVAILABLE, as the worker's
 
 
 class BrokerUnreachableError(Exception):

@@ -1,7 +1,9 @@
 """``ccm-tally worker`` as a child process: the one runner the demo, tests and benchmarks share.
 
 The environment is built from a :class:`Settings`, so a worker started here reads exactly the
-settings its caller holds (topic names, partitions, app id, guarantee ...).
+settings its caller holds (topic names, partitions, app id, guarantee ...). It supervises the
+child as Kubernetes or compose would: a worker that exits for any reason but our own stop is
+started again, with a backoff (0.5 s doubling to 10 s, back to 0.5 s after 60 s of life).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from ccm_core.settings import Settings
 
-STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the worker's watchdog exit; a supervisor restarts it
+from .exits import STALLED as STALL_EXIT_CODE  # noqa: F401  (kept for callers)
+
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 60.0
 
 
 def free_port() -> int:
@@ -49,7 +53,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_CLOSE_TICK_SECONDS": str(settings.close_tick_seconds),
         "CCM_LOG_LEVEL": settings.log_level,
         "CCM_STALL_EXIT_SECONDS": str(settings.stall_exit_seconds),
+        "CCM_BATCH_MAX_EVENTS": str(settings.batch_max_events),
+        "CCM_BATCH_WITHIN_SECONDS": str(settings.batch_within_seconds),
         "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
+        "CCM_DATA_DIR": str(settings.data_dir),
     }
     env.update(extra)
     return env
@@ -65,10 +72,13 @@ class WorkerProcess:
         self.dir = workdir / f"{label}-{self.port}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "worker.log"
-        self.settings = settings.model_copy(update={"web_port": self.port})
+        self.settings = settings.model_copy(
+            update={"web_port": self.port, "data_dir": self.dir / "data"}
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
-        self.restarts = 0  # respawns after a stall exit (code 75), as a supervisor would
+        self.restarts = 0  # respawns after any exit we did not ask for, as a supervisor would
+        self.exit_codes: list[int] = []  # the codes of those exits
         self._stopping = False
         self._supervisor: threading.Thread | None = None
 
@@ -79,7 +89,7 @@ class WorkerProcess:
 
     def spawn(self) -> WorkerProcess:
         """Start the process without waiting (see :meth:`wait_ready`), supervised: a worker
-        that exits with the stall code is started again, as Kubernetes or compose would."""
+        that exits for any reason is started again, as Kubernetes or compose would."""
         self._stopping = False
         self._popen()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
@@ -97,9 +107,17 @@ class WorkerProcess:
             )
 
     def _supervise(self) -> None:
+        delay = BACKOFF_FIRST
         while not self._stopping and self.proc is not None:
             code = self.proc.wait()
-            if self._stopping or code != STALL_EXIT_CODE:
+            if self._stopping:
+                return
+            self.exit_codes.append(code)
+            lived = time.monotonic() - self.spawned_at
+            delay = BACKOFF_FIRST if lived > BACKOFF_RESET_AFTER else delay
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            if self._stopping:
                 return
             self.restarts += 1
             self._popen()
@@ -109,8 +127,13 @@ class WorkerProcess:
         exits or never gets ready is killed and its log tail raised."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early; log {self.log_path}:\n{self.tail()}")
+            if self.proc is None:
+                raise RuntimeError(f"worker not started; log {self.log_path}")
+            if len(self.exit_codes) >= 5:  # restarted in a loop: it will not get ready
+                self.kill()
+                raise RuntimeError(
+                    f"worker exited {self.exit_codes}; log {self.log_path}:\n{self.tail()}"
+                )
             if self.ready():
                 return time.monotonic()
             time.sleep(poll)

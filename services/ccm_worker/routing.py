@@ -1,31 +1,17 @@
-"""Co-partitioned assignment with a routing map: which worker's web port owns which partition.
+"""Where a patient lives: the partition of its key, and the URL other workers reach us at.
 
-The group uses the range strategy: every worker subscribes to the time-log and the month-close
-topics, which have the same partition count, so partition *p* of both lands on the same worker
-(a close command on control partition *p* reaches the ledgers of input partition *p*).
-
-Each member puts its advertised web URL in its subscription metadata; the group leader hands the
-whole ``partition -> URL`` map to every member with its assignment, so any worker can forward a
-``/tally/{patient_id}`` look-up to the worker that holds that patient's ledger.
+faust's table router answers ``/tally/{patient_id}`` from the worker that owns the key's
+partition; it finds that partition with the producer's default partitioner (murmur2 of the
+key bytes, as Java clients and aiokafka compute it), which :func:`partition_of` mirrors.
 """
 
 from __future__ import annotations
 
-import json
 import socket
-from collections.abc import Iterable, Mapping
 
-from aiokafka.cluster import ClusterMetadata
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
 from aiokafka.partitioner import murmur2
 
 from ccm_core.settings import Settings
-
-PROTOCOL_NAME = "ccm-range-v1"
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -43,66 +29,3 @@ def advertised_url(settings: Settings) -> str:
         except OSError:
             host = socket.gethostname()
     return f"http://{host}:{settings.web_port}"
-
-
-def _url_of(user_data: bytes) -> str | None:
-    try:
-        url = json.loads(user_data or b"{}").get("url")
-    except (ValueError, AttributeError):
-        return None
-    return url if isinstance(url, str) else None
-
-
-class RoutingAssignor(RangePartitionAssignor):  # type: ignore[misc]
-    """Range assignment plus the routing map. Use :func:`routing_assignor` for one worker's
-    subclass: aiokafka calls assignors as classes, so the per-worker URL and the received map
-    live on a class made for that worker."""
-
-    name = PROTOCOL_NAME
-    url: str = ""
-    route_topic: str = ""
-    routes: dict[int, str] = {}  # replaced (never mutated) on each assignment
-
-    @classmethod
-    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(
-            cls.version, list(topics), json.dumps({"url": cls.url}).encode()
-        )
-
-    @classmethod
-    def assign(
-        cls,
-        cluster: ClusterMetadata,
-        members: Mapping[str, ConsumerProtocolMemberMetadata],
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        plan = super().assign(cluster, members)
-        routes: dict[str, str] = {}
-        for member_id, assignment in plan.items():
-            url = _url_of(members[member_id].user_data)
-            if url is None:
-                continue
-            for topic, partitions in assignment.assignment:
-                if topic == cls.route_topic:
-                    routes.update({str(p): url for p in partitions})
-        blob = json.dumps(routes, sort_keys=True).encode()
-        return {
-            member_id: ConsumerProtocolMemberAssignment(a.version, a.assignment, blob)
-            for member_id, a in plan.items()
-        }
-
-    @classmethod
-    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
-        try:
-            raw = json.loads(assignment.user_data or b"{}")
-            cls.routes = {int(k): str(v) for k, v in raw.items()}
-        except (ValueError, AttributeError):
-            cls.routes = {}
-
-
-def routing_assignor(url: str, route_topic: str) -> type[RoutingAssignor]:
-    """A :class:`RoutingAssignor` class for one worker advertising ``url``."""
-    return type(
-        "WorkerRoutingAssignor",
-        (RoutingAssignor,),
-        {"url": url, "route_topic": route_topic, "routes": {}},
-    )

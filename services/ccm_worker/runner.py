@@ -1,20 +1,54 @@
-"""Run the worker process: create topics, start the worker, run until stopped."""
+"""Run the worker process: wait for the broker, create topics, build the faust app, run."""
 
 from __future__ import annotations
 
-import asyncio
+import sys
+import time
 
 from ccm_core.observability import configure_logging, get_logger
 from ccm_core.settings import Settings
 
-from .app import TallyWorker
-from .topics import ensure_topics
+from . import exits
+
+
+def wait_for_topics(settings: Settings) -> list[str]:
+    """Create the topics, waiting (bounded, logged) for a broker that does not answer yet."""
+    from .topics import ensure_topics
+
+    log = get_logger("ccm.worker")
+    deadline = time.monotonic() + settings.broker_wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return ensure_topics(settings)
+        except Exception as exc:  # the admin client raises many kinds; all mean "not yet"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerUnavailableError(settings.kafka_bootstrap_servers, exc) from exc
+            log.warning(
+                "broker_unavailable_waiting",
+                bootstrap=settings.kafka_bootstrap_servers,
+                error=type(exc).__name__,
+                seconds_left=round(left, 1),
+            )
+            time.sleep(min(delay, max(0.1, left)))
+            delay = min(delay * 2, 10.0)
+
+
+class BrokerUnavailableError(Exception):
+    def __init__(self, bootstrap: str, cause: BaseException) -> None:
+        super().__init__(f"no Kafka broker answered at {bootstrap} ({type(cause).__name__})")
 
 
 def run_worker(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_json)
     log = get_logger("ccm.worker")
-    created = ensure_topics(settings)
+    try:
+        created = wait_for_topics(settings)
+    except BrokerUnavailableError as exc:
+        log.error("broker_unavailable_exiting", error=str(exc))
+        print(f"ccm-tally worker: {exc}", file=sys.stderr)
+        return exits.BROKER_UNAVAILABLE
     log.info(
         "worker_starting",
         bootstrap=settings.kafka_bootstrap_servers,
@@ -23,4 +57,18 @@ def run_worker(settings: Settings) -> int:
         web=f"http://{settings.web_host}:{settings.web_port}",
         processing_guarantee=settings.processing_guarantee,
     )
-    return asyncio.run(TallyWorker(settings).run())
+    import faust
+
+    from .app import TallyWorker
+
+    worker = TallyWorker(settings)
+    worker.start_loop_watchdog()
+    faust_worker = faust.Worker(
+        worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
+    )
+    try:
+        faust_worker.execute_from_commandline()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else exits.CRASHED
+        return code
+    return exits.OK

@@ -59,6 +59,12 @@ PATIENTS = Gauge("ccm_patients", "Patient ledgers held by this worker (active pa
 CONSUMER_LAG = Gauge(
     "ccm_consumer_lag_messages", "Messages not yet processed, by input partition.", ["partition"]
 )
+REROUTED = Counter(
+    "ccm_rerouted_records_total",
+    "Input records that arrived off their patient's partition (a producer with another "
+    "partitioner) and were forwarded there.",
+    ["topic"],
+)
 ASSIGNED_PARTITIONS = Gauge("ccm_assigned_partitions", "Input partitions assigned to this worker.")
 
 

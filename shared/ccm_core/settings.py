@@ -57,10 +57,22 @@ class Settings(BaseSettings):
     partitions: Annotated[int, Field(gt=0)] = 8
     replication_factor: Annotated[int, Field(gt=0)] = 1
     topics: Topics = Field(default_factory=Topics)
-    processing_guarantee: Literal["at_least_once"] = Field(
-        default="at_least_once",
-        description="Kafka transactions (exactly_once) were evaluated and not kept: "
-        "docs/processing-guarantee.md.",
+    processing_guarantee: Literal["exactly_once"] = Field(
+        default="exactly_once",
+        description="The worker always fences its writes with Kafka transactions "
+        "(docs/processing-guarantee.md); the setting exists to say so.",
+    )
+    data_dir: Path = Field(
+        default=Path("ccm-tally-data"),
+        description="The worker's local directory (faust's datadir).",
+    )
+    batch_within_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=0.02,
+        description="Longest wait to fill a batch before processing what arrived.",
+    )
+    broker_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=120.0,
+        description="At start, how long to wait for an unreachable broker before exiting 69.",
     )
     web_host: str = "127.0.0.1"
     web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
@@ -75,11 +87,6 @@ class Settings(BaseSettings):
     stall_exit_seconds: Annotated[float, Field(ge=0)] = Field(
         default=30.0,
         description="Exit (code 75) when input waits but no batch ran for this long; 0: never.",
-    )
-    broker_wait_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
-        default=30.0,
-        description="How long a command (worker, close, simulate, topics) waits for a Kafka "
-        "broker to answer at start before it exits with one clear line; 0: one attempt.",
     )
     profiles_file: Path | None = None
     practices_file: Path | None = None

@@ -330,10 +330,21 @@ def test_scale_up_and_down_under_load_loses_nothing(kafka_bootstrap: str, tmp_pa
     stack = Stack(kafka_bootstrap)
     stack.create_topics()
 
-    def feed() -> None:  # about 8 s of steady input
-        for i in range(0, len(events), 200):
-            produce(stack, events[i : i + 200])
+    rebalanced = threading.Event()
+    head = len(events) * 9 // 10
+    flowing: list[bool] = []
+
+    def feed() -> None:
+        # steady input (50 logs every 0.15 s) until both rebalances are over; the last tenth
+        # goes at once after that, so the rebalances always come while input arrives, however
+        # slow the machine is to start a worker
+        i = 0
+        while i < head and not rebalanced.is_set():
+            produce(stack, events[i : i + 50])
+            i += 50
             time.sleep(0.15)
+        flowing.append(i < head)
+        produce(stack, events[i:])
 
     feeder = threading.Thread(target=feed)
     a = WorkerProcess(stack, tmp_path, "a").start()
@@ -346,14 +357,16 @@ def test_scale_up_and_down_under_load_loses_nothing(kafka_bootstrap: str, tmp_pa
         b = WorkerProcess(stack, tmp_path, "b").start()  # joins mid-stream
         seen_a = events_seen(a.metrics())
         a.stop()  # leaves mid-stream: b takes every partition
-        input_still_flowing = feeder.is_alive()
+        rebalanced.set()
         feeder.join()
+        input_still_flowing = flowing == [True]
         wait_processed(stack)
         send_close(stack, CLOSE_ALL_DUE)
         wait_processed(stack)
         stream = collect(stack)
         seen_b = events_seen(b.metrics())
     finally:
+        rebalanced.set()
         feeder.join()
         if b is not None:
             b.stop()

@@ -93,6 +93,13 @@ def test_cli_replay_unreadable_file(tmp_path: Path) -> None:
         assert_one_line(run("replay", path), 1, str(path), reason)
 
 
+def test_cli_simulate_unwritable_out(tmp_path: Path) -> None:
+    """simulate --out into a directory that does not exist: one line."""
+    target = tmp_path / "missing-dir" / "sim.jsonl"
+    result = run("simulate", "--patients", "2", "--limit", "3", "--out", target)
+    assert_one_line(result, 1, str(target), "No such file")
+
+
 def test_cli_replay_unwritable_out(tmp_path: Path) -> None:
     """replay --out into a directory that does not exist: one line."""
     target = tmp_path / "missing-dir" / "out.jsonl"

@@ -26,6 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.ingest import LocalTally, Source
+from ccm_worker import ops, process
 from tests.integration.harness import Stack, WorkerProcess, collect, send_close, wait_processed
 from tests.unit.hostile import HOSTILE_PAYLOADS
 from tests.unit.unit_helpers import encode, local, log
@@ -149,10 +150,12 @@ def test_hostile_payloads_never_stop_the_partition(kafka_bootstrap: str, tmp_pat
         alive = worker.proc is not None and worker.proc.poll() is None
         restarts = worker.restarts
         errors = worker.errors()
+        rejected = worker.metric("ccm_events_total", outcome="rejected")
     finally:
         worker.stop()
     assert alive and restarts == 0, worker.tail()
     assert errors == []
+    assert rejected == len(hostile_offsets)
     core = replayed(values)
     # dead letters in = out: one per hostile payload, each once, from its offset
     dlq = stream["dlq"]
@@ -175,3 +178,39 @@ def test_hostile_payloads_never_stop_the_partition(kafka_bootstrap: str, tmp_pat
     assert any(
         r["service_month"] == "2062-03" for r in latest_records(stream["billing_record"]).values()
     )
+
+
+def test_hostile_dead_letters_are_republished_identically(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Re-publishing a dead letter gives the same id AND the same content: a second worker
+    group reading the same input again (as after a lost commit) publishes every dead letter
+    again byte for byte, whatever the time it runs at."""
+    values = interleaved()
+    stack = Stack(kafka_bootstrap, partitions=2)
+    stack.create_topics()
+    asyncio.run(_produce_to_partition(stack.bootstrap, stack.topics.timelog, values))
+    first = WorkerProcess(stack, tmp_path, "first").start()
+    try:
+        wait_processed(stack, timeout=240)
+    finally:
+        first.stop()
+    time.sleep(1.5)  # a different wall clock for the second reading
+    again = stack.settings.model_copy(update={"app_id": f"{stack.settings.app_id}-again"})
+    second = process.WorkerProcess(again, tmp_path, "second").start()
+    try:
+        asyncio.run(ops.wait_processed(again, 240))
+        deadline = time.monotonic() + 60
+        dlq = collect(stack)["dlq"]
+        while len(dlq) < 2 * len(HOSTILE_PAYLOADS):
+            assert time.monotonic() < deadline, f"{len(dlq)} dead letters"
+            time.sleep(1)
+            dlq = collect(stack)["dlq"]
+    finally:
+        second.stop()
+    by_id: dict[str, list[str]] = {}
+    for env in dlq:
+        by_id.setdefault(env["id"], []).append(json.dumps(env, sort_keys=True))
+    assert len(by_id) == len(HOSTILE_PAYLOADS)
+    for copies in by_id.values():
+        assert len(copies) == 2 and copies[0] == copies[1]

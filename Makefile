@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-integration lint typecheck check schemas bench-smoke clean
+.PHONY: setup demo test test-unit test-integration lint typecheck check schemas bench-smoke clean \
+	compose-secrets
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -14,12 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## Python deps, Java/Maven (Debian), Kafka jars
+setup: $(STAMP)  ## Python deps, Java/Maven/Chromium (Debian), Kafka jars
 	bash .ci/install-system.sh
 	$(BIN)/python -m ccm_localkafka --fetch-only
 
 demo: setup  ## the whole stack on a local Kafka: one simulated month, closed, summarised
-	$(BIN)/ccm-tally demo
+	$(BIN)/ccm-tally demo --keep-running
 
 test: setup  ## unit + integration tests (a real Kafka broker is started by the test session)
 	$(BIN)/python -m pytest
@@ -41,6 +42,9 @@ check: lint typecheck
 
 schemas: $(STAMP)  ## regenerate docs/schemas from the pydantic models
 	$(BIN)/ccm-tally schema export docs/schemas
+
+compose-secrets: $(STAMP)  ## throw-away CA, keystore, passwords, token for docker-compose.secure.yml
+	$(BIN)/python -m ccm_localkafka.devsecrets deploy/secrets/dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib

@@ -2,7 +2,11 @@
 # Install the system packages the local Kafka broker needs (Debian/Ubuntu), only if missing:
 #   - openjdk-17-jre-headless  when `java` is absent or older than 17
 #   - maven                    when `mvn` is absent (fetches the broker jars, deploy/kafka/pom.xml)
-# Idempotent: does nothing (not even `apt-get update`) when both are already there.
+#   - openssl                  when `openssl` is absent (throw-away CA and certificates of the
+#                              SASL_SSL / mutual-TLS test listeners, ccm_localkafka/tls.py)
+#   - chromium, chromium-driver when `chromium` / `chromedriver` are absent (the console's
+#                               browser test drives headless Chromium with Selenium)
+# Idempotent: does nothing (not even `apt-get update`) when all are already there.
 # Works as root, or as a user with sudo.
 set -euo pipefail
 
@@ -31,6 +35,27 @@ if ! command -v mvn >/dev/null 2>&1; then
     packages+=(maven)
 else
     log "mvn found"
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+    log "openssl missing: will install openssl"
+    packages+=(openssl)
+else
+    log "openssl found"
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+    log "chromium missing: will install chromium"
+    packages+=(chromium)
+else
+    log "chromium found"
+fi
+
+if ! command -v chromedriver >/dev/null 2>&1; then
+    log "chromedriver missing: will install chromium-driver"
+    packages+=(chromium-driver)
+else
+    log "chromedriver found"
 fi
 
 if [[ ${#packages[@]} -eq 0 ]]; then
@@ -69,4 +94,7 @@ if [[ -z "${major}" || "${major}" -lt 17 ]]; then
     log "warning: 'java' on PATH is ${major:-missing}; openjdk 17 is under /usr/lib/jvm/java-17-*"
 fi
 command -v mvn >/dev/null 2>&1 || { log "mvn still missing after install"; exit 1; }
+command -v openssl >/dev/null 2>&1 || { log "openssl still missing after install"; exit 1; }
+command -v chromium >/dev/null 2>&1 || { log "chromium still missing after install"; exit 1; }
+command -v chromedriver >/dev/null 2>&1 || { log "chromedriver still missing after install"; exit 1; }
 log "done"

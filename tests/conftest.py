@@ -2,8 +2,10 @@
 
 ``kafka_bootstrap`` gives integration tests a real Apache Kafka broker: the one named by
 ``KAFKA_BOOTSTRAP_SERVERS`` if set, otherwise a local single-node KRaft broker started once per
-session (``ccm_localkafka.LocalKafka``). It is lazy: unit tests that do not ask for it never
-need Java or Maven. If the broker cannot start, the requesting tests *error* (never skip).
+session (``ccm_localkafka.LocalKafka``). ``kafka_secure`` gives the security tests that local
+broker's SASL_SSL and mutual-TLS listeners (started even when an external broker is named).
+Both are lazy: unit tests that do not ask for them never need Java or Maven. If the broker
+cannot start, the requesting tests *error* (never skip).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ccm_localkafka import LocalKafka
 
 _REPO = Path(__file__).resolve().parent.parent
 _STARTUP_KEY = pytest.StashKey[str]()
@@ -27,6 +33,27 @@ if importlib.util.find_spec("ccm_localkafka") is None:
 
 
 @pytest.fixture(scope="session")
+def local_kafka(request: pytest.FixtureRequest) -> Iterator[LocalKafka]:
+    """The session's own broker: plaintext listener plus SASL_SSL and mutual-TLS listeners
+    (throw-away CA, one SCRAM user), started once, lazily."""
+    from ccm_localkafka import KAFKA_VERSION, LocalKafka
+
+    broker = LocalKafka(secure=True)
+    # Raises KafkaLauncherError (with the broker's log) if it cannot start: the requesting tests
+    # error, never skip. pytest caches the failure, so later tests do not retry the start.
+    broker.start()
+    request.config.stash[_STARTUP_KEY] = (
+        f"local Kafka {KAFKA_VERSION} (KRaft) at {broker.bootstrap_servers} "
+        f"(SASL_SSL {broker.secure_bootstrap_servers}, mTLS {broker.mtls_bootstrap_servers}) "
+        f"started in {broker.startup_seconds:.2f}s"
+    )
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     """Bootstrap address ("host:port") of a real Kafka broker for this test session."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
@@ -34,21 +61,16 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         request.config.stash[_STARTUP_KEY] = f"using external Kafka at {external}"
         yield external
         return
+    broker: LocalKafka = request.getfixturevalue("local_kafka")
+    yield broker.bootstrap_servers
 
-    from ccm_localkafka import KAFKA_VERSION, LocalKafka
 
-    broker = LocalKafka()
-    # Raises KafkaLauncherError (with the broker's log) if it cannot start: the requesting tests
-    # error, never skip. pytest caches the failure, so later tests do not retry the start.
-    broker.start()
-    request.config.stash[_STARTUP_KEY] = (
-        f"local Kafka {KAFKA_VERSION} (KRaft) at {broker.bootstrap_servers} "
-        f"started in {broker.startup_seconds:.2f}s"
-    )
-    try:
-        yield broker.bootstrap_servers
-    finally:
-        broker.stop()
+@pytest.fixture(scope="session")
+def kafka_secure(local_kafka: LocalKafka) -> LocalKafka:
+    """The session broker's secure side: ``secure_bootstrap_servers`` (SASL_SSL),
+    ``mtls_bootstrap_servers`` (SSL, client certificate required), ``ca`` / ``ca_file`` and
+    ``sasl_users``. Always the local broker (an external one has no throw-away CA)."""
+    return local_kafka
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

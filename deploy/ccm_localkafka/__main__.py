@@ -45,6 +45,12 @@ def _build_parser() -> argparse.ArgumentParser:
         description=f"Run a single-node Apache Kafka {KAFKA_VERSION} broker (KRaft) on "
         "127.0.0.1 until Ctrl-C or SIGTERM.",
     )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher's options (also ``ccm-tally broker``'s)."""
     parser.add_argument(
         "--fetch-only",
         action="store_true",
@@ -68,15 +74,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--startup-timeout", type=float, default=60.0, help="seconds to wait for the broker"
     )
     parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also start a SASL_SSL listener (SCRAM user, throw-away CA) and a mutual-TLS "
+        "listener; writes the client settings to <dir>/tls/client.env",
+    )
+    parser.add_argument(
         "--keep-dir",
         action="store_true",
         help="keep the broker's temporary data and log directory on exit",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    return run(_build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the launcher with parsed :func:`add_arguments` options; the exit code."""
     try:
         if args.fetch_only:
             print(ensure_jars(args.lib_dir), flush=True)
@@ -94,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lib_dir=args.lib_dir,
             startup_timeout_s=args.startup_timeout,
             keep_dir=args.keep_dir,
+            secure=args.secure,
         ) as kafka:
             topics: list[tuple[str, int, bool]] = args.topic
             if topics:
@@ -103,6 +119,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {name for name, _, compact in topics if compact},
                 )
             print(kafka.bootstrap_servers, flush=True)
+            if args.secure and kafka.ca is not None:
+                env_file = kafka.ca.directory / "client.env"
+                env_file.write_text(
+                    "".join(f"{k}={v}\n" for k, v in kafka.secure_client_env().items()),
+                    encoding="utf-8",
+                )
+                print(
+                    f"SASL_SSL listener {kafka.secure_bootstrap_servers} (SCRAM-SHA-256/512, "
+                    f"PLAIN), mutual-TLS listener {kafka.mtls_bootstrap_servers}, "
+                    f"CA {kafka.ca_file}\n"
+                    f"client settings: set -a; . {env_file}; set +a",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print(
                 f"Kafka {KAFKA_VERSION} up in {kafka.startup_seconds:.1f}s (pid {kafka.pid}); "
                 f"log: {kafka.log_file}; Ctrl-C to stop",

@@ -18,6 +18,7 @@ import ctypes.util
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -33,11 +35,14 @@ from typing import IO, Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from ccm_localkafka.tls import CertificateAuthority, make_ca
+
 __all__ = [
     "KAFKA_VERSION",
     "SCALA_BINARY_VERSION",
     "KafkaLauncherError",
     "LocalKafka",
+    "SaslUser",
     "create_topics",
     "create_topics_sync",
     "ensure_jars",
@@ -310,13 +315,15 @@ async def create_topics(
     replication_factor: int = 1,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create ``topics`` ({name: partitions}); return the names that were newly created.
 
     Idempotent: a topic that already exists is left as it is (whatever its partition count).
     Names in ``compacted`` get ``cleanup.policy=compact``; ``configs`` adds per-topic configs.
     Returns once every requested topic is visible in the broker's metadata with a leader for
-    each partition, so producers and consumers can use them at once.
+    each partition, so producers and consumers can use them at once. ``client_options`` go to
+    the admin client as they are (TLS and SASL: ``security_protocol``, ``ssl_context`` ...).
     """
     unknown = set(compacted) - set(topics)
     if unknown:
@@ -343,6 +350,7 @@ async def create_topics(
         bootstrap_servers=bootstrap_servers,
         client_id="ccm-localkafka-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        **dict(client_options or {}),
     )
     created: list[str] = []
     try:
@@ -390,6 +398,7 @@ def create_topics_sync(
     replication_factor: int = 1,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Blocking form of :func:`create_topics` (safe to call with or without a running loop)."""
     return _run_coro_sync(
@@ -400,6 +409,7 @@ def create_topics_sync(
             replication_factor=replication_factor,
             configs=configs,
             timeout_s=timeout_s,
+            client_options=client_options,
         )
     )
 
@@ -426,6 +436,18 @@ log4j.logger.kafka.authorizer.logger=WARN
 """
 
 
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+"""Mechanisms the SASL_SSL listener accepts (SCRAM users are created at storage format)."""
+
+
+@dataclass(frozen=True)
+class SaslUser:
+    """A SASL user of the secure listener (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
 class LocalKafka:
     """A single-node KRaft Apache Kafka broker on 127.0.0.1, started and stopped by Python.
 
@@ -433,6 +455,18 @@ class LocalKafka:
     :meth:`start` / :meth:`stop`. Everything the broker writes (data, metadata log, its own
     logs in ``logs/server.log``) lives in a temporary directory that :meth:`stop` removes
     (unless ``keep_dir``). Topics are not auto-created: create them with :func:`create_topics`.
+
+    ``secure=True`` adds, beside the plaintext listener, a **SASL_SSL** listener
+    (:attr:`secure_bootstrap_servers`; SCRAM-SHA-256/512 and PLAIN, users ``sasl_users`` or
+    one random user, SCRAM credentials created at storage format) and an **SSL** listener
+    that requires a client certificate (:attr:`mtls_bootstrap_servers`). A throw-away CA made
+    at start signs the broker's certificate (:attr:`ca`; clients trust :attr:`ca_file`, and
+    ``ca.issue(name)`` makes client certificates for mutual TLS).
+
+    For wire checks it also has a second SASL_SSL listener, the *tap*, that advertises a port
+    nobody listens on yet (:attr:`tap_port`): a test runs a recording TCP relay there to
+    :attr:`tap_target_port`, and since the broker tells clients to come back to the advertised
+    port, every byte of every connection of such a client passes the relay.
     """
 
     def __init__(
@@ -444,8 +478,28 @@ class LocalKafka:
         extra_properties: Mapping[str, str] | None = None,
         keep_dir: bool = False,
         java: str | None = None,
+        secure: bool = False,
+        sasl_users: Collection[SaslUser] | None = None,
     ) -> None:
         self._lib_dir_arg = lib_dir
+        self.secure = secure
+        self.sasl_users: tuple[SaslUser, ...] = tuple(
+            sasl_users or (SaslUser("ccm", secrets.token_urlsafe(24)),)
+        )
+        for user in self.sasl_users:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", user.username) or not re.fullmatch(
+                r"[A-Za-z0-9_.\-]+", user.password
+            ):
+                raise ValueError("SASL user names and passwords: letters, digits, _ . - only")
+        self.secure_port: int | None = None
+        self.mtls_port: int | None = None
+        self.tap_port: int | None = None
+        """Advertised port of the tap listener (free: for a relay to listen on)."""
+        self.tap_target_port: int | None = None
+        """Where the tap listener really listens (the relay forwards there)."""
+        self.ca: CertificateAuthority | None = None
+        self._keystore: Path | None = None
+        self._keystore_password = ""
         self.startup_timeout_s = startup_timeout_s
         self.heap = heap
         self.extra_properties: dict[str, str] = dict(extra_properties or {})
@@ -466,6 +520,40 @@ class LocalKafka:
         if self.broker_port is None or self._proc is None:
             raise KafkaLauncherError("LocalKafka is not running; call start() first")
         return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener ("127.0.0.1:port"); needs ``secure=True``."""
+        if self.secure_port is None or self._proc is None:
+            raise KafkaLauncherError("no SASL_SSL listener: start LocalKafka(secure=True)")
+        return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def mtls_bootstrap_servers(self) -> str:
+        """The SSL listener that requires a client certificate; needs ``secure=True``."""
+        if self.mtls_port is None or self._proc is None:
+            raise KafkaLauncherError("no mutual-TLS listener: start LocalKafka(secure=True)")
+        return f"127.0.0.1:{self.mtls_port}"
+
+    def secure_client_env(self) -> dict[str, str]:
+        """``CCM_*`` variables that make a ccm-tally client use the SASL_SSL listener as the
+        first SASL user (SCRAM-SHA-512, password in a file, the throw-away CA)."""
+        assert self.ca is not None
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.secure_bootstrap_servers,
+            "CCM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CCM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "CCM_KAFKA_SASL_USERNAME": self.sasl_users[0].username,
+            "CCM_KAFKA_SASL_PASSWORD_FILE": str(self.ca.directory / "sasl-password"),
+            "CCM_KAFKA_SSL_CAFILE": str(self.ca.cert),
+        }
+
+    @property
+    def ca_file(self) -> Path:
+        """The throw-away CA (PEM) that signed the broker's certificate."""
+        if self.ca is None:
+            raise KafkaLauncherError("no CA: start LocalKafka(secure=True)")
+        return self.ca.cert
 
     @property
     def log_file(self) -> Path | None:
@@ -536,8 +624,20 @@ class LocalKafka:
         data_dir = work / "data"
         logs_dir = work / "logs"
         logs_dir.mkdir()
-        self.broker_port, self.controller_port = _free_ports(2)
+        ports = _free_ports(6 if self.secure else 2)
+        self.broker_port, self.controller_port = ports[0], ports[1]
         self.cluster_id = _random_cluster_id()
+        scram_args: list[str] = []
+        if self.secure:
+            self.secure_port, self.mtls_port = ports[2], ports[3]
+            self.tap_target_port, self.tap_port = ports[4], ports[5]
+            self._make_tls(work / "tls")
+            for user in self.sasl_users:
+                for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                    scram_args += [
+                        "--add-scram",
+                        f"{mechanism}=[name={user.username},password={user.password}]",
+                    ]
 
         props_file = work / "server.properties"
         props_file.write_text(self._server_properties(data_dir), encoding="utf-8")
@@ -568,6 +668,7 @@ class LocalKafka:
                     self.cluster_id,
                     "-c",
                     str(props_file),
+                    *scram_args,
                 ],
                 out,
                 timeout_s=self.startup_timeout_s,
@@ -637,8 +738,57 @@ class LocalKafka:
             "num.recovery.threads.per.data.dir": "1",
             "delete.topic.enable": "true",
         }
+        if self.secure:
+            props.update(self._secure_properties())
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _make_tls(self, tls_dir: Path) -> None:
+        """A throw-away CA and the broker's certificate (PKCS#12 keystore, random password)."""
+        self.ca = make_ca(tls_dir)
+        password_file = tls_dir / "sasl-password"
+        password_file.write_text(self.sasl_users[0].password + "\n", encoding="utf-8")
+        password_file.chmod(0o600)
+        broker = self.ca.issue("broker", hosts=("127.0.0.1", "localhost"))
+        self._keystore_password = secrets.token_urlsafe(16)
+        self._keystore = broker.pkcs12(self._keystore_password)
+
+    def _secure_properties(self) -> dict[str, str]:
+        """The SASL_SSL and mutual-TLS listeners (the plaintext one stays for the rest)."""
+        assert self.ca is not None
+        bp, cp, sp, mp = self.broker_port, self.controller_port, self.secure_port, self.mtls_port
+        tp, ta = self.tap_target_port, self.tap_port
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        plain_users = " ".join(f'user_{u.username}="{u.password}"' for u in self.sasl_users)
+        plain = f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+        props = {
+            "listeners": f"PLAINTEXT://127.0.0.1:{bp},CONTROLLER://127.0.0.1:{cp},"
+            f"SECURE://127.0.0.1:{sp},MTLS://127.0.0.1:{mp},TAP://127.0.0.1:{tp}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{bp},SECURE://127.0.0.1:{sp},"
+            f"MTLS://127.0.0.1:{mp},TAP://127.0.0.1:{ta}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+            "SECURE:SASL_SSL,MTLS:SSL,TAP:SASL_SSL",
+            "listener.name.secure.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            "listener.name.secure.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.secure.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.secure.plain.sasl.jaas.config": plain,
+            "listener.name.tap.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            "listener.name.tap.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.tap.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.tap.plain.sasl.jaas.config": plain,
+            "listener.name.mtls.ssl.client.auth": "required",
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca.cert),
+        }
+        for listener in ("secure", "mtls", "tap"):
+            props |= {
+                f"listener.name.{listener}.ssl.keystore.type": "PKCS12",
+                f"listener.name.{listener}.ssl.keystore.location": str(self._keystore),
+                f"listener.name.{listener}.ssl.keystore.password": self._keystore_password,
+                f"listener.name.{listener}.ssl.key.password": self._keystore_password,
+                f"listener.name.{listener}.ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+            }
+        return props
 
     def _wait_until_ready(self, deadline: float) -> None:
         assert self._proc is not None and self.log_file is not None

@@ -24,7 +24,7 @@ from ccm_core.config import CoreConfig, load_config
 from ccm_core.contracts import Outcome
 from ccm_core.ingest import LocalTally
 from ccm_core.schemas import all_schemas
-from ccm_core.tally import TallyEngine
+from ccm_core.tally import Output, TallyEngine, coalesce_status
 
 USAGE_EXIT_CODE = 2
 
@@ -125,17 +125,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         src.close()
         raise CliError(f"cannot write {args.out}: {os_reason(exc)}") from None
-    counts = {"threshold": 0, "billing_record": 0, "rejected": 0}
+    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "status": 0}
+    statuses: list[Output] = []  # --status: the last of each patient-month, written at the end
+
+    def write(outputs: list[Output]) -> None:
+        for output in outputs:
+            if output.kind == "status":
+                if args.status:
+                    statuses.append(output)
+                continue
+            counts[output.kind] += 1
+            out.write(output.to_json() + "\n")
+
     try:
         with src:
             for output in tally.feed_lines(src, name=str(args.events)):
-                counts[output.kind] += 1
-                out.write(output.to_json() + "\n")
+                write([output])
         if not args.no_close:
             as_of = args.as_of or tally.latest or datetime.fromisoformat("1970-01-01T00:00:00Z")
-            for output in tally.close_all(as_of):
-                counts[output.kind] += 1
-                out.write(output.to_json() + "\n")
+            write(tally.close_all(as_of))
+        for output in coalesce_status(statuses):
+            counts["status"] += 1
+            out.write(output.to_json() + "\n")
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             raise
@@ -145,9 +156,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out.close()
     seen = sum(tally.outcomes.values())
     parts = ", ".join(f"{o.value} {tally.outcomes[o]}" for o in Outcome)
+    status_part = f", {counts['status']} status records" if args.status else ""
     print(
         f"replay: {seen} events ({parts}); emitted {counts['threshold']} threshold events, "
-        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records",
+        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records"
+        f"{status_part}",
         file=sys.stderr,
     )
     return 0
@@ -163,6 +176,26 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write into {args.dir}: {os_reason(exc)}") from None
     return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from typing import Any
+
+    from ccm_console.web import run_console
+    from ccm_core.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for flag, name in (
+        ("bootstrap_servers", "kafka_bootstrap_servers"),
+        ("host", "console_host"),
+        ("port", "console_port"),
+        ("refresh_seconds", "console_refresh_seconds"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    settings = Settings().model_copy(update=overrides)
+    return run_console(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="close time written on records (default: latest recorded_at in the input)",
     )
     replay.add_argument("--no-close", action="store_true", help="do not close months at the end")
+    replay.add_argument(
+        "--status",
+        action="store_true",
+        help="also write each patient-month's final status (what the compacted status topic "
+        "holds once compacted), after the other outputs",
+    )
     _config_args(replay)
     replay.set_defaults(func=cmd_replay)
 
@@ -191,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema_sub.add_parser("export", help="write one .schema.json per format into DIR")
     export.add_argument("dir", type=Path)
     export.set_defaults(func=cmd_schema_export)
+
+    console = sub.add_parser(
+        "console",
+        help="the care-team worklist (web page and JSON) over the status topic; any replicas",
+    )
+    console.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    console.add_argument("--host", help="bind address (default 127.0.0.1, CCM_CONSOLE_HOST)")
+    console.add_argument("--port", type=int, help="port (default 6070, CCM_CONSOLE_PORT)")
+    console.add_argument("--refresh-seconds", type=float, help="page refresh interval (default 5)")
+    console.set_defaults(func=cmd_console)
 
     try:
         from ccm_worker.cli import add_commands

@@ -141,6 +141,9 @@ def add_simulator_args(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--rate", type=_rate, default=None, help="target events/s (default: no limit)")
     out.add_argument("--limit", type=_positive_int, default=None, help="stop after N events")
     out.add_argument("--progress", action="store_true", help="report progress on stderr")
+    from ccm_worker.kafka_security import add_security_args
+
+    add_security_args(parser)
 
 
 def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
@@ -234,6 +237,20 @@ def run_simulator(args: argparse.Namespace) -> int:
         or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         or DEFAULT_BOOTSTRAP
     )
+    from ccm_core.settings import Settings
+    from ccm_worker.kafka_security import (
+        KafkaSecurityError,
+        aiokafka_kwargs,
+        security_overrides,
+    )
+
+    try:  # TLS/SASL: CCM_KAFKA_* environment, then the flags (README "Security")
+        security = aiokafka_kwargs(
+            Settings(kafka_bootstrap_servers=bootstrap, **security_overrides(args))
+        )
+    except (ValidationError, KafkaSecurityError) as err:
+        print(f"simulate: Kafka security settings: {err}", file=sys.stderr)
+        return 2
 
     def report(stats: ProduceStats) -> None:
         print(
@@ -256,9 +273,15 @@ def run_simulator(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> ProduceStats:
-        await wait_for_broker(bootstrap, wait)  # bounded: one clear line when there is none
+        # bounded: one clear line when there is no broker
+        await wait_for_broker(bootstrap, wait, **security)
         return await produce(
-            bootstrap, args.topic, counted, args.rate, report if args.progress else None
+            bootstrap,
+            args.topic,
+            counted,
+            args.rate,
+            report if args.progress else None,
+            security=security,
         )
 
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -220,11 +220,13 @@ async def produce(
     compression_type: str | None = None,
     client_id: str = "ccm-simulator",
     producer_factory: ProducerFactory | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> ProduceStats:
     """Send ``events`` to ``topic`` keyed by patient id, at most ``rate`` events/s if given.
 
     Returns the counts and the elapsed seconds. A failed delivery is counted (with its error in
-    ``errors``), not raised; failing to start the producer (no broker) raises.
+    ``errors``), not raised; failing to start the producer (no broker) raises. ``security``:
+    the TLS/SASL client options (``ccm_worker.kafka_security.aiokafka_kwargs``).
     """
     factory = producer_factory or _default_factory
     producer = factory(
@@ -235,6 +237,7 @@ async def produce(
         linger_ms=linger_ms,
         max_batch_size=max_batch_size,
         compression_type=compression_type,
+        **dict(security or {}),
     )
     stats = ProduceStats()
     bucket: TokenBucket | None = None

@@ -84,6 +84,7 @@ from ccm_core.observability import (  # noqa: E402
 from ccm_core.settings import Settings  # noqa: E402
 from ccm_core.tally import CloseTrigger, Output, PatientLedger, TallyEngine  # noqa: E402
 
+from . import http_auth, kafka_security  # noqa: E402
 from .exits import BATCH_FAILED, FENCED, STALLED  # noqa: E402
 from .routing import advertised_url  # noqa: E402
 
@@ -159,12 +160,13 @@ class TallyWorker:
             config or load_config(settings.profiles_file, settings.practices_file)
         )
         self.url = advertised_url(s)
-        host_port = self.url.removeprefix("http://").rsplit(":", 1)
+        host_port = self.url.split("://", 1)[1].rsplit(":", 1)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         session = s.session_timeout_seconds
         self.app = faust.App(
             s.app_id,
-            broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap_servers.split(",")],
+            **kafka_security.faust_broker_kwargs(s),  # brokers, TLS and SASL
+            **http_auth.faust_web_kwargs(s),  # bind, port, HTTPS, bearer-token/mTLS middleware
             store="memory://",
             datadir=str(s.data_dir),
             processing_guarantee="exactly_once",
@@ -185,9 +187,8 @@ class TallyWorker:
             stream_wait_empty=True,
             stream_recovery_delay=0.2,
             web_enabled=True,
-            web_bind=s.web_host,
-            web_port=s.web_port,
             web_host=host_port[0],
+            canonical_url=self.url,
             web_in_thread=False,
             # faust's own pages would list table contents (PHI) and internals: off
             web_stats_enabled=False,

@@ -25,35 +25,58 @@ from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 
 from .connect import BROKER_UNAVAILABLE_EXIT_CODE, BrokerUnreachableError, ensure_broker
+from .kafka_security import (
+    SECURITY_FLAGS,
+    KafkaSecurityError,
+    add_security_args,
+    aiokafka_kwargs,
+    preflight,
+)
+
+_FLAG_SETTINGS = (
+    ("bootstrap_servers", "kafka_bootstrap_servers"),
+    ("partitions", "partitions"),
+    ("web_port", "web_port"),
+    ("profiles", "profiles_file"),
+    ("practices", "practices_file"),
+    ("close_tick_seconds", "close_tick_seconds"),
+    ("log_level", "log_level"),
+    *SECURITY_FLAGS,
+)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment (CCM_*) first, then explicit flags on top (each flag checked by argparse;
-    a bad environment variable is a :class:`CliError`)."""
+    """Environment (CCM_*) first, then explicit flags on top; validated as a whole, and the
+    security files read once (an inconsistent setting or a missing file is an error here, not
+    a failed connection later). A problem exits at once: one line, exit 1."""
     overrides: dict[str, Any] = {}
-    for flag, name in (
-        ("bootstrap_servers", "kafka_bootstrap_servers"),
-        ("partitions", "partitions"),
-        ("web_port", "web_port"),
-        ("profiles", "profiles_file"),
-        ("practices", "practices_file"),
-        ("close_tick_seconds", "close_tick_seconds"),
-        ("log_level", "log_level"),
-    ):
+    for flag, name in _FLAG_SETTINGS:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
     try:
-        base = Settings()
+        settings = Settings(**overrides)
+        preflight(settings)  # a missing CA or secret file: stop now, naming the file
+        return settings
+    except KafkaSecurityError as err:
+        raise SystemExit(f"ccm-tally: {err}") from None
     except ValidationError as err:
-        raise CliError(f"invalid setting (environment CCM_*): {validation_line(err)}") from None
-    return base.model_copy(update=overrides) if overrides else base
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in err.errors(include_input=False)
+        )
+        raise SystemExit(f"ccm-tally: invalid settings: {problems}") from None
 
 
 def require_broker(settings: Settings) -> None:
     """Wait up to ``broker_wait_seconds`` for the broker, else one line and exit 69."""
     try:
-        ensure_broker(settings.kafka_bootstrap_servers, settings.broker_wait_seconds)
+        ensure_broker(
+            settings.kafka_bootstrap_servers,
+            settings.broker_wait_seconds,
+            **aiokafka_kwargs(settings),
+        )
     except BrokerUnreachableError as exc:
         raise CliError(str(exc), BROKER_UNAVAILABLE_EXIT_CODE) from None
 
@@ -64,6 +87,7 @@ def _kafka_args(parser: argparse.ArgumentParser) -> None:
         help="Kafka bootstrap servers (default: env KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
     parser.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
+    add_security_args(parser)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -93,8 +117,13 @@ async def send_close(settings: Settings, command: MonthCloseCommand) -> int:
     """Fan a close command out to every partition of the control topic."""
     from aiokafka import AIOKafkaProducer
 
+    from .kafka_security import aiokafka_kwargs
+
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        **aiokafka_kwargs(settings),
     )
     await producer.start()
     try:
@@ -135,9 +164,9 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from ccm_localkafka.__main__ import main as broker_main
+    from ccm_localkafka.__main__ import run
 
-    return broker_main(args.broker_args)
+    return run(args)
 
 
 def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -168,7 +197,9 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     close.set_defaults(func=cmd_close)
 
     broker = sub.add_parser("broker", help="run a local single-node Kafka (KRaft) on 127.0.0.1")
-    broker.add_argument("broker_args", nargs=argparse.REMAINDER)
+    from ccm_localkafka.__main__ import add_arguments as broker_arguments
+
+    broker_arguments(broker)
     broker.set_defaults(func=cmd_broker)
 
     try:

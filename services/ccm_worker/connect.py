@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 from ccm_core.settings import Settings
 
@@ -40,11 +41,11 @@ def broker_wait_seconds(environ: dict[str, str] | None = None) -> float:
     return value
 
 
-async def _try_once(bootstrap: str, timeout: float) -> None:
+async def _try_once(bootstrap: str, timeout: float, options: dict[str, Any]) -> None:
     from aiokafka.client import AIOKafkaClient
 
     client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout * 1000))
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout * 1000)), **options
     )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=max(0.5, timeout))
@@ -52,9 +53,12 @@ async def _try_once(bootstrap: str, timeout: float) -> None:
         await client.close()
 
 
-async def wait_for_broker(bootstrap: str, wait_seconds: float, retry_every: float = 0.5) -> None:
+async def wait_for_broker(
+    bootstrap: str, wait_seconds: float, retry_every: float = 0.5, **options: Any
+) -> None:
     """Return once a broker of ``bootstrap`` answers a metadata request; raise
-    :class:`BrokerUnreachableError` after ``wait_seconds`` (at least one attempt is made)."""
+    :class:`BrokerUnreachableError` after ``wait_seconds`` (at least one attempt is made).
+    ``options`` are the client's security options (``kafka_security.aiokafka_kwargs``)."""
     deadline = time.monotonic() + wait_seconds
     last = "no attempt"
     quiet = logging.getLogger("aiokafka")  # one warning per failed attempt: not for people
@@ -64,7 +68,7 @@ async def wait_for_broker(bootstrap: str, wait_seconds: float, retry_every: floa
         while True:
             remaining = deadline - time.monotonic()
             try:
-                await _try_once(bootstrap, max(remaining, 1.0))
+                await _try_once(bootstrap, max(remaining, 1.0), options)
                 return
             except Exception as exc:  # connection refused, DNS, timeout, bad address ...
                 last = str(exc) or type(exc).__name__
@@ -79,6 +83,6 @@ async def wait_for_broker(bootstrap: str, wait_seconds: float, retry_every: floa
     )
 
 
-def ensure_broker(bootstrap: str, wait_seconds: float) -> None:
+def ensure_broker(bootstrap: str, wait_seconds: float, **options: Any) -> None:
     """Synchronous :func:`wait_for_broker`, for a command's start (outside an event loop)."""
-    asyncio.run(wait_for_broker(bootstrap, wait_seconds))
+    asyncio.run(wait_for_broker(bootstrap, wait_seconds, **options))

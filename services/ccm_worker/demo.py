@@ -1,9 +1,10 @@
 """``ccm-tally demo``: the whole stack on a local Kafka, one simulated month, a readable summary.
 
 Steps: start a single-node Kafka (KRaft) on 127.0.0.1 -> create topics -> start a worker
-process -> produce a month of simulated EHR logs -> wait until processed -> close the month ->
-produce the late logs and voids that arrive after the close (re-issued records) -> read every
-output -> print a summary -> stop everything.
+process and the care-team console -> produce a month of simulated EHR logs -> wait until
+processed -> close the month -> produce the late logs and voids that arrive after the close
+(re-issued records) -> read every output -> print a summary and the console's URL -> stop
+everything (or, with ``--keep-running``, keep it up to browse the worklist and metrics).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+from ccm_console.process import ConsoleProcess
 from ccm_core.months import close_deadline
 from ccm_core.settings import Settings
 
@@ -34,9 +37,13 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None, help="events/s (default: max)")
     parser.add_argument("--web-port", type=int, default=6066, help="worker web port (6066)")
     parser.add_argument(
+        "--console-port", type=int, default=6070, help="care-team console port (6070)"
+    )
+    parser.add_argument(
         "--keep-running",
         action="store_true",
-        help="after the summary, keep broker and worker up until Ctrl-C (to browse metrics)",
+        help="after the summary, keep broker, worker and console up until Ctrl-C (to browse "
+        "the worklist and the metrics)",
     )
 
 
@@ -60,6 +67,8 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 async def _produce(settings: Settings, events: list[Any], rate: float | None, label: str) -> None:
     from ccm_simulator.producer import produce
 
+    from .kafka_security import aiokafka_kwargs
+
     total = len(events)
 
     def progress(stats: Any) -> None:
@@ -72,6 +81,7 @@ async def _produce(settings: Settings, events: list[Any], rate: float | None, la
         rate,
         progress,
         progress_every=max(1, total // 20),
+        security=aiokafka_kwargs(settings),
     )
     _status(f"  {label} {_bar(total, total)}", final=True)
 
@@ -160,10 +170,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 web_port=args.web_port,
             )
             ensure_topics(settings)
-            _say("2/6 starting the tally worker ...")
+            _say("2/6 starting the tally worker and the care-team console ...")
             worker = WorkerProcess(settings, workdir, "worker", port=args.web_port).start()
+            console = ConsoleProcess(settings, workdir, "console", port=args.console_port)
             try:
                 _say(f"    worker ready; logs: {worker.log_path}")
+                console.start()
+                _say(f"    console ready; logs: {console.log_path}")
                 _say(
                     f"3/6 producing {len(on_time)} EHR events for {args.month} "
                     f"({args.patients} patients)"
@@ -183,18 +196,54 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(summarize(outputs, url))
                 print(_metrics_excerpt(worker.metrics()))
                 if not args.keep_running:
-                    _say("(the worker stops now; --keep-running keeps it up to browse metrics)")
+                    _say("(everything stops now; --keep-running keeps it up to browse)")
                 _say(f"done in {time.monotonic() - started:.0f}s")
+                practice = spec.practices[0]
+                shown = _worklist_rows(console, practice, args.month, outputs["status"])
                 if args.keep_running:
-                    _say("broker and worker keep running; Ctrl-C to stop")
+                    _say("broker, worker and console keep running; Ctrl-C to stop")
+                print(
+                    f"care-team worklist ({shown} patients of {practice}): "
+                    f"{console_url(console, practice, args.month)}",
+                    flush=True,
+                )
+                if args.keep_running:
                     try:
                         while worker.proc is not None and worker.proc.poll() is None:
                             time.sleep(1)
                     except KeyboardInterrupt:
                         pass
             finally:
+                console.stop()
                 worker.stop(30)
     return 0
+
+
+def _worklist_rows(
+    console: ConsoleProcess, practice_id: str, month: str, statuses: list[dict[str, Any]]
+) -> int:
+    """Rows the console lists for the practice-month, once it has caught up with every
+    patient-month the worker published a status for (waits up to 60 s)."""
+    expected = {
+        env["subject"]
+        for env in statuses
+        if env["data"]["practice_id"] == practice_id and env["data"]["service_month"] == month
+    }
+    query = urlencode({"practice": practice_id, "month": month})
+    rows = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = console.get(f"/api/worklist?{query}")
+        rows = len(answer["rows"]) if answer else 0
+        if rows >= len(expected):
+            break
+        time.sleep(0.5)
+    return rows
+
+
+def console_url(console: ConsoleProcess, practice_id: str, month: str) -> str:
+    """The worklist page of one of the demo's practices for the demo's month."""
+    return f"{console.url}?{urlencode({'practice': practice_id, 'month': month})}"
 
 
 def _metrics_excerpt(text: str) -> str:

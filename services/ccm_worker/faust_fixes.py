@@ -92,6 +92,7 @@ check_versions()
 # The guard above must run before faust, mode or aiokafka are imported.
 from faust.tables.recovery import Recovery  # noqa: E402
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer, ensure_TP  # noqa: E402
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
 from faust.types import TP  # noqa: E402
 from faust.types.tuples import ack_lock  # noqa: E402
 from mode.utils.futures import notify  # noqa: E402
@@ -349,6 +350,23 @@ def _set_recovery_started(self: Recovery) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# lso_highwaters
+async def _highwaters(self: AIOKafkaConsumerThread, partitions: list[TP]) -> Mapping[TP, int]:
+    """End offsets from the broker, for every partition asked, in both isolation levels.
+
+    With transactions faust took the consumer's cached ``last_stable_offset(tp)``, which is
+    ``None`` for a partition this consumer has not fetched since its assignment: recovery then
+    read the changelog's highwater as -1 and crashed on its own consistency check ("persisted
+    offset 418 > highwater -1"), or took a partition as empty. A ListOffsets request made by a
+    ``read_committed`` consumer returns the last stable offset itself, so one broker query
+    serves both levels.
+    """
+    consumer = self._ensure_consumer()
+    ends = await consumer.end_offsets(list(partitions))
+    return {TP(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 FIXES: Mapping[str, tuple[tuple[type, str, Any], ...]] = {
     "flow_resume": ((FlowControlEvent, "resume", _resume),),
     "commit_offset": (
@@ -360,6 +378,7 @@ FIXES: Mapping[str, tuple[tuple[type, str, Any], ...]] = {
     "recovery_seek": ((Recovery, "on_recovery_completed", _on_recovery_completed),),
     "stale_ack": ((Consumer, "ack", _ack),),
     "recovery_end": ((Recovery, "_set_recovery_started", _set_recovery_started),),
+    "lso_highwaters": ((AIOKafkaConsumerThread, "_highwaters", _highwaters),),
 }
 
 #: The replaced methods as faust/mode define them, keyed by (class, name).

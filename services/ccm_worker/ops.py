@@ -16,12 +16,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ccm_core.settings import Settings
 
+from .kafka_security import aiokafka_kwargs
+
 
 async def committed_lag(settings: Settings) -> int:
     """Input messages (time logs and close commands) the worker group has not committed yet."""
     topics = [settings.topics.timelog, settings.topics.month_close]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    security = aiokafka_kwargs(settings)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
     await consumer.start()
     await admin.start()
     try:
@@ -58,11 +61,17 @@ async def wait_processed(
 
 
 async def read_raw(
-    bootstrap: str, tps: Sequence[TopicPartition], timeout: float = 120.0
+    bootstrap: str,
+    tps: Sequence[TopicPartition],
+    timeout: float = 120.0,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, list[bytes]]:
-    """Every value of ``tps`` up to their current end, per topic (read_committed)."""
+    """Every value of ``tps`` up to their current end, per topic (read_committed).
+
+    ``security``: TLS/SASL client options (``kafka_security.aiokafka_kwargs``)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **(security or {}),
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
@@ -92,24 +101,31 @@ async def read_raw(
 
 
 async def read_all(
-    bootstrap: str, topics: Sequence[str], partitions: int, timeout: float = 120.0
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int,
+    timeout: float = 120.0,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every message of ``topics`` up to their current end, decoded as JSON."""
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-    raw = await read_raw(bootstrap, tps, timeout)
+    raw = await read_raw(bootstrap, tps, timeout, security)
     return {topic: [json.loads(v) for v in values] for topic, values in raw.items()}
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """{"threshold": [...], "billing_record": [...], "dlq": [...]} as published so far."""
+    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...]} as
+    published so far (the status feed in offset order per partition, before compaction)."""
     t = settings.topics
     raw = await read_all(
         settings.kafka_bootstrap_servers,
-        [t.threshold, t.billing_record, t.dlq],
+        [t.threshold, t.billing_record, t.dlq, t.tally_status],
         settings.partitions,
+        security=aiokafka_kwargs(settings),
     )
     return {
         "threshold": raw[t.threshold],
         "billing_record": raw[t.billing_record],
         "dlq": raw[t.dlq],
+        "status": raw[t.tally_status],
     }

@@ -23,6 +23,7 @@ from typing import Any
 from ccm_core.settings import Settings
 
 from .exits import STALLED as STALL_EXIT_CODE  # noqa: F401  (kept for callers)
+from .kafka_security import SECURITY_ENV_NAMES, security_env
 
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 60.0
 
@@ -36,8 +37,9 @@ def free_port() -> int:
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes a worker run with ``settings`` (plus ``extra``)."""
     t = settings.topics
+    inherited = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV_NAMES}
     env = {
-        **os.environ,
+        **inherited,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "CCM_APP_ID": settings.app_id,
         "CCM_PARTITIONS": str(settings.partitions),
@@ -46,6 +48,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_TOPIC_THRESHOLD": t.threshold,
         "CCM_TOPIC_BILLING_RECORD": t.billing_record,
         "CCM_TOPIC_DLQ": t.dlq,
+        "CCM_TOPIC_TALLY_STATUS": t.tally_status,
         "CCM_WEB_HOST": settings.web_host,
         "CCM_WEB_PORT": str(settings.web_port),
         "CCM_PROCESSING_GUARANTEE": settings.processing_guarantee,
@@ -57,7 +60,14 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_BATCH_WITHIN_SECONDS": str(settings.batch_within_seconds),
         "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
         "CCM_DATA_DIR": str(settings.data_dir),
+        **security_env(settings),
     }
+    for name, path in (
+        ("CCM_PRACTICES_FILE", settings.practices_file),
+        ("CCM_PROFILES_FILE", settings.profiles_file),
+    ):
+        if path is not None:
+            env[name] = str(path)
     env.update(extra)
     return env
 
@@ -152,9 +162,16 @@ class WorkerProcess:
         return self
 
     def get(self, path: str) -> Any:
-        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...)."""
+        """JSON of a 2xx answer of the worker's web port, or None (not up, 503, 404 ...).
+        Carries the settings' bearer token (``CCM_WEB_AUTH_TOKEN[_FILE]``) when there is one."""
+        from .http_auth import HttpAuth
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers=HttpAuth.from_settings(self.settings).forward_headers(),
+        )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None

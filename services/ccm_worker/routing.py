@@ -28,4 +28,5 @@ def advertised_url(settings: Settings) -> str:
             host = socket.gethostbyname(socket.gethostname())
         except OSError:
             host = socket.gethostname()
-    return f"http://{host}:{settings.web_port}"
+    scheme = "https" if settings.web_tls_certfile is not None else "http"
+    return f"{scheme}://{host}:{settings.web_port}"

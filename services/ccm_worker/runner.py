@@ -21,7 +21,9 @@ def wait_for_topics(settings: Settings) -> list[str]:
     while True:
         try:
             return ensure_topics(settings)
-        except Exception as exc:  # the admin client raises many kinds; all mean "not yet"
+        except Exception as exc:  # the admin client raises many kinds; most mean "not yet"
+            if _refused(exc):  # a wrong password or certificate will not get better: say so
+                raise BrokerUnavailableError(settings.kafka_bootstrap_servers, exc) from exc
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BrokerUnavailableError(settings.kafka_bootstrap_servers, exc) from exc
@@ -35,9 +37,30 @@ def wait_for_topics(settings: Settings) -> list[str]:
             delay = min(delay * 2, 10.0)
 
 
+def _refused(exc: BaseException) -> bool:
+    """An authentication or TLS verification failure (anywhere in the exception's chain)."""
+    import ssl
+
+    from aiokafka.errors import KafkaError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, ssl.SSLCertVerificationError) or "Authentication" in name:
+            return True
+        if isinstance(seen, KafkaError) and "SASL" in str(seen).upper():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class BrokerUnavailableError(Exception):
     def __init__(self, bootstrap: str, cause: BaseException) -> None:
-        super().__init__(f"no Kafka broker answered at {bootstrap} ({type(cause).__name__})")
+        name = type(cause).__name__
+        if _refused(cause):
+            super().__init__(f"Kafka at {bootstrap} refused our credentials or TLS ({name})")
+        else:
+            super().__init__(f"no Kafka broker answered at {bootstrap} ({name})")
 
 
 def run_worker(settings: Settings) -> int:

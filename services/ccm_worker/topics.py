@@ -1,4 +1,5 @@
-"""Explicit topic creation: every topic co-partitioned on patient id, the changelog compacted."""
+"""Explicit topic creation: every topic co-partitioned on patient id; the changelog and the
+status feed compacted."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from ccm_core.settings import Settings
 from ccm_localkafka.broker import create_topics_sync
 
 from .app import changelog_topic_name
+from .kafka_security import aiokafka_kwargs
 
 
 def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
@@ -18,9 +20,10 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
         t.threshold: n,
         t.billing_record: n,
         t.dlq: n,
+        t.tally_status: n,
         changelog_topic_name(settings): n,
     }
-    return plan, {changelog_topic_name(settings)}
+    return plan, {changelog_topic_name(settings), t.tally_status}
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -35,9 +38,13 @@ def ensure_topics(settings: Settings) -> list[str]:
         "segment.ms": str(6 * 3600 * 1000),
         "min.cleanable.dirty.ratio": "0.2",
     }
+    # the status feed: a record per changed patient-month per batch, read from the beginning
+    # by every console replica; compact it as eagerly as the changelog
+    status = {"segment.ms": str(6 * 3600 * 1000), "min.cleanable.dirty.ratio": "0.2"}
     configs = {
         settings.topics.month_close: {"retention.ms": week},
         changelog_topic_name(settings): changelog,
+        settings.topics.tally_status: status,
     }
     return create_topics_sync(
         settings.kafka_bootstrap_servers,
@@ -45,4 +52,5 @@ def ensure_topics(settings: Settings) -> list[str]:
         compacted,
         replication_factor=settings.replication_factor,
         configs=configs,
+        client_options=aiokafka_kwargs(settings),
     )

@@ -3,8 +3,9 @@
 Inputs (topic ``ccm.timelog.v1``): :class:`TimeLogged`, :class:`TimeLogVoided`.
 Control (topic ``ccm.month-close.v1``): :class:`MonthCloseCommand`.
 Outputs: :class:`ThresholdEvent` (``ccm.threshold.v1``), :class:`BillingRecord`
-(``ccm.billing-record.v1``), :class:`RejectedInput` (``ccm.timelog.dlq.v1``), each wrapped in a
-CloudEvents-style :class:`Envelope` whose ``id`` is deterministic.
+(``ccm.billing-record.v1``), :class:`RejectedInput` (``ccm.timelog.dlq.v1``),
+:class:`TallyStatus` (``ccm.tally-status.v1``, compacted), each wrapped in a CloudEvents-style
+:class:`Envelope` whose ``id`` is deterministic.
 
 Validation failures carry a *reason code* (:class:`Reason`) so that a rejected input can be
 routed, counted and explained. Custom validators raise ``PydanticCustomError`` whose error type
@@ -577,6 +578,45 @@ class MonthSummary(_Wire):
     revision: int | None
 
 
+class StatusThreshold(_Wire):
+    """One billing threshold of a patient-month's payer: what a progress bar marks."""
+
+    code: str = Field(description="CPT code: the entry code (99487) or the add-on (99489).")
+    unit: int = Field(description="1 for the entry code; 1, 2 ... for add-on units.")
+    minutes: int = Field(description="Qualifying minutes at which this unit is met.")
+    reached: bool
+
+
+class TallyStatus(_Wire):
+    """The current state of one patient-month, re-published whenever it changes.
+
+    Topic ``ccm.tally-status.v1`` is compacted on the key ``patient/practice/month``: a reader
+    from the beginning ends with the latest status of every patient-month (the worklist).
+    """
+
+    patient_id: str
+    practice_id: str
+    service_month: str
+    time_zone: str = Field(description="IANA zone of the practice's local calendar month.")
+    payer: str
+    profile_version: str
+    qualifying_minutes: int = Field(description="Union of counted intervals, whole minutes.")
+    codes_reached: list[BillingLine]
+    thresholds: list[StatusThreshold] = Field(
+        description="The payer's entry threshold, the add-on thresholds reached and the next "
+        "two not reached (fewer at the payer's cap)."
+    )
+    next_threshold: StatusThreshold | None = Field(description="None at the payer's cap.")
+    minutes_to_next_threshold: int | None = Field(description="None at the payer's cap.")
+    logs: int = Field(description="Logs of the month (counted, excluded and voided).")
+    closed: bool = Field(description="True once the month-close record was issued.")
+    revision: int | None = Field(description="Revision of the last record; None while open.")
+    billable: bool | None = Field(
+        default=None,
+        description="Whether the month may be billed (compliance checks); None: not assessed.",
+    )
+
+
 class RejectedInput(_Wire):
     """A dead-lettered input: why, where it came from, and the original (its first
     ``DEAD_LETTER_PREFIX_BYTES`` bytes; the whole payload stays readable on the source
@@ -623,18 +663,23 @@ class Envelope(_Wire, Generic[DataT]):
 ThresholdEnvelope = Envelope[ThresholdEvent]
 BillingRecordEnvelope = Envelope[BillingRecord]
 RejectedInputEnvelope = Envelope[RejectedInput]
-OutputEnvelope = ThresholdEnvelope | BillingRecordEnvelope | RejectedInputEnvelope
+TallyStatusEnvelope = Envelope[TallyStatus]
+OutputEnvelope = (
+    ThresholdEnvelope | BillingRecordEnvelope | RejectedInputEnvelope | TallyStatusEnvelope
+)
 
 ENVELOPES: dict[type[BaseModel], type[OutputEnvelope]] = {
     ThresholdEvent: ThresholdEnvelope,
     BillingRecord: BillingRecordEnvelope,
     RejectedInput: RejectedInputEnvelope,
+    TallyStatus: TallyStatusEnvelope,
 }
 
 OUTPUT_TYPES: dict[type[BaseModel], str] = {
     ThresholdEvent: "org.ccmtally.threshold.v1",
     BillingRecord: "org.ccmtally.billing-record.v1",
     RejectedInput: "org.ccmtally.rejected-input.v1",
+    TallyStatus: "org.ccmtally.tally-status.v1",
 }
 
 

@@ -12,6 +12,7 @@ from .contracts import (
     Envelope,
     MonthCloseCommand,
     RejectedInput,
+    TallyStatus,
     ThresholdEvent,
     TimeLogged,
     TimeLogVoided,
@@ -24,6 +25,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "threshold.v1": Envelope[ThresholdEvent],
     "billing_record.v1": Envelope[BillingRecord],
     "rejected_input.v1": Envelope[RejectedInput],
+    "tally_status.v1": Envelope[TallyStatus],
 }
 
 

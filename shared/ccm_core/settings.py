@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
 
 
 class Topics(BaseSettings):
@@ -20,6 +23,7 @@ class Topics(BaseSettings):
     threshold: str = "ccm.threshold.v1"
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
+    tally_status: str = "ccm.tally-status.v1"  # compacted: latest status per patient-month
 
     def output_topic(self, kind: str) -> str:
         """The topic of an output of ``kind`` (``ccm_core.tally.Output.kind``).
@@ -31,6 +35,7 @@ class Topics(BaseSettings):
             "threshold": self.threshold,
             "billing_record": self.billing_record,
             "rejected": self.dlq,
+            "status": self.tally_status,
         }
         return topics[kind]
 
@@ -43,11 +48,13 @@ class Topics(BaseSettings):
             threshold=f"{prefix}.threshold",
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
+            tally_status=f"{prefix}.tally-status",
         )
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CCM_", frozen=True)
+    # hide_input_in_errors: a validation error must not echo a password or token it was given
+    model_config = SettingsConfigDict(env_prefix="CCM_", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -81,6 +88,13 @@ class Settings(BaseSettings):
         description="Host other workers use to reach this one (look-up forwarding); "
         "defaults to web_host, or to this host's address when web_host is 0.0.0.0.",
     )
+    console_host: str = Field(
+        default="127.0.0.1", description="Bind address of the care-team console (worklist)."
+    )
+    console_port: int = Field(default=6070, description="Port of the care-team console.")
+    console_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="How often the worklist page refreshes itself."
+    )
     batch_max_events: Annotated[int, Field(gt=0)] = 5000
     close_tick_seconds: Annotated[float, Field(gt=0)] = 60.0
     session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -92,3 +106,96 @@ class Settings(BaseSettings):
     practices_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+
+    # -- Kafka security (every client: worker, simulator, close, topics, demo, tests) ---------
+    # Secrets are SecretStr (repr and str show '**********'); ``*_file`` variants read them
+    # from a mounted file (Kubernetes secrets) when the client is built, never at import.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_username_file: Path | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle (PEM) to verify the brokers; default: system CAs."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of kafka_ssl_certfile."
+    )
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_key_password_file: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    # -- HTTP: endpoints with patient data (/tally/...) need a bearer token or mutual TLS -------
+    web_auth_token: SecretStr | None = None
+    web_auth_token_file: Path | None = None
+    web_tls_certfile: Path | None = Field(
+        default=None, description="Serve the web port over HTTPS with this certificate (PEM)."
+    )
+    web_tls_keyfile: Path | None = None
+    web_tls_client_cafile: Path | None = Field(
+        default=None,
+        description="Mutual TLS: client certificates signed by this CA may read patient data "
+        "(needs web_tls_certfile).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> Settings:
+        problems = security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def kafka_uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def security_problems(s: Settings) -> list[str]:
+    """What is inconsistent in the security settings (pure: no file is read here)."""
+    problems: list[str] = []
+
+    def one_of(value: object, file: Path | None, name: str) -> None:
+        if value is not None and file is not None:
+            problems.append(f"set CCM_{name} or CCM_{name}_FILE, not both")
+
+    one_of(s.kafka_sasl_username, s.kafka_sasl_username_file, "KAFKA_SASL_USERNAME")
+    one_of(s.kafka_sasl_password, s.kafka_sasl_password_file, "KAFKA_SASL_PASSWORD")
+    one_of(s.kafka_ssl_key_password, s.kafka_ssl_key_password_file, "KAFKA_SSL_KEY_PASSWORD")
+    one_of(s.web_auth_token, s.web_auth_token_file, "WEB_AUTH_TOKEN")
+    if s.kafka_uses_sasl:
+        if s.kafka_sasl_username is None and s.kafka_sasl_username_file is None:
+            problems.append(
+                f"security protocol {s.kafka_security_protocol} needs CCM_KAFKA_SASL_USERNAME "
+                "(or CCM_KAFKA_SASL_USERNAME_FILE)"
+            )
+        if s.kafka_sasl_password is None and s.kafka_sasl_password_file is None:
+            problems.append(
+                f"security protocol {s.kafka_security_protocol} needs CCM_KAFKA_SASL_PASSWORD_FILE "
+                "(or CCM_KAFKA_SASL_PASSWORD)"
+            )
+    if s.kafka_security_protocol == "SASL_PLAINTEXT" and s.kafka_sasl_mechanism == "PLAIN":
+        problems.append(
+            "SASL mechanism PLAIN over SASL_PLAINTEXT sends the password in clear: "
+            "use SASL_SSL, or a SCRAM mechanism"
+        )
+    tls_only = (s.kafka_ssl_cafile, s.kafka_ssl_certfile, s.kafka_ssl_keyfile)
+    if not s.kafka_uses_tls and any(f is not None for f in tls_only):
+        problems.append(
+            f"Kafka TLS files are set but CCM_KAFKA_SECURITY_PROTOCOL is "
+            f"{s.kafka_security_protocol}: use SSL or SASL_SSL"
+        )
+    if (s.kafka_ssl_certfile is None) != (s.kafka_ssl_keyfile is None):
+        problems.append("CCM_KAFKA_SSL_CERTFILE and CCM_KAFKA_SSL_KEYFILE go together")
+    if (s.web_tls_certfile is None) != (s.web_tls_keyfile is None):
+        problems.append("CCM_WEB_TLS_CERTFILE and CCM_WEB_TLS_KEYFILE go together")
+    if s.web_tls_client_cafile is not None and s.web_tls_certfile is None:
+        problems.append("CCM_WEB_TLS_CLIENT_CAFILE (mutual TLS) needs CCM_WEB_TLS_CERTFILE")
+    return problems

@@ -23,11 +23,14 @@ import hashlib
 import sys
 import zlib
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from types import MappingProxyType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
+
+import orjson
 
 from .config import CoreConfig, PracticeSettings
 from .contracts import (
@@ -45,6 +48,7 @@ from .contracts import (
     RejectedInput,
     RejectedLine,
     Role,
+    TallyStatus,
     ThresholdEvent,
     TimeLogged,
     TimeLogVoided,
@@ -64,7 +68,7 @@ MonthKey = tuple[str, str]
 """(practice_id, service_month)"""
 
 CloseTrigger = Literal["timer", "command", "late_event", "replay"]
-OutputKind = Literal["threshold", "billing_record", "rejected"]
+OutputKind = Literal["threshold", "billing_record", "rejected", "status"]
 
 
 def stable_id(*parts: object) -> str:
@@ -273,16 +277,92 @@ class PatientLedger:
         return None
 
 
-@dataclass(slots=True)
 class Output:
-    """One message to publish: which stream, its key (the patient id) and its envelope."""
+    """One message to publish: which stream, its key and its envelope.
 
-    kind: OutputKind
-    key: str
-    envelope: OutputEnvelope
+    The key is the patient id, except for ``status`` outputs (``patient/practice/month``, the
+    compaction key of the status topic). A status output is built lazily: the engine emits
+    one per changed patient-month per input, the worker keeps only the last one per key of a
+    batch (:func:`coalesce_status`), and only those are ever turned into pydantic models.
+    """
+
+    __slots__ = ("_build", "_envelope", "_json", "key", "kind")
+
+    def __init__(
+        self,
+        kind: OutputKind,
+        key: str,
+        envelope: OutputEnvelope | None = None,
+        build: Callable[[], OutputEnvelope] | None = None,
+        json: Callable[[], str] | None = None,
+    ) -> None:
+        if (envelope is None) == (build is None):
+            raise ValueError("give an envelope or a function that builds it")
+        self.kind = kind
+        self.key = key
+        self._envelope = envelope
+        self._build = build
+        self._json = json  # the same JSON as the envelope's, without building the models
+
+    @property
+    def envelope(self) -> OutputEnvelope:
+        if self._envelope is None:
+            assert self._build is not None
+            self._envelope = self._build()
+            self._build = None
+        return self._envelope
 
     def to_json(self) -> str:
+        if self._envelope is None and self._json is not None:
+            return self._json()
         return self.envelope.model_dump_json()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Output):
+            return NotImplemented
+        return (self.kind, self.key, self.envelope) == (other.kind, other.key, other.envelope)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache: not hashable, like before
+
+    def __repr__(self) -> str:
+        return f"Output(kind={self.kind!r}, key={self.key!r}, envelope={self.envelope!r})"
+
+
+def status_key(patient_id: str, practice_id: str, service_month: str) -> str:
+    """The status topic's key (its compaction key): one status per patient-month."""
+    return f"{patient_id}/{practice_id}/{service_month}"
+
+
+T = TypeVar("T")
+
+
+def coalesce_status_by(items: Iterable[T], output_of: Callable[[T], Output]) -> list[T]:
+    """:func:`coalesce_status` for items that carry an output (e.g. ``(partition, output)``)."""
+    kept: list[T] = []
+    seen: set[str] = set()
+    for item in reversed(list(items)):
+        out = output_of(item)
+        if out.kind == "status":
+            if out.key in seen:
+                continue
+            seen.add(out.key)
+        kept.append(item)
+    kept.reverse()
+    return kept
+
+
+def coalesce_status(outputs: Sequence[Output]) -> list[Output]:
+    """Only the last status output of each key, in its place; every other output as it is.
+
+    The engine emits a status per changed patient-month per input; a batch of inputs publishes
+    only each patient-month's last one (the status topic is compacted: earlier ones would be
+    superseded anyway). The worker calls this once per batch, before publishing.
+    """
+    return coalesce_status_by(outputs, _identity)
+
+
+def _identity(out: Output) -> Output:
+    return out
 
 
 @dataclass(slots=True)
@@ -296,7 +376,7 @@ class Result:
 
 
 def envelope(
-    data: ThresholdEvent | BillingRecord | RejectedInput,
+    data: ThresholdEvent | BillingRecord | RejectedInput | TallyStatus,
     event_id: str,
     subject: str,
     time: datetime,
@@ -324,8 +404,23 @@ class TallyEngine:
                 Reason.KEY_MISMATCH, "event patient_id differs from the ledger it was routed to"
             )
         if isinstance(event, TimeLogged):
-            return self._apply_log(ledger, event)
-        return self._apply_void(ledger, event)
+            result = self._apply_log(ledger, event)
+        else:
+            result = self._apply_void(ledger, event)
+        key = result.month
+        if key is not None and (
+            result.outputs or result.outcome in _STATUS_OUTCOMES
+        ):  # the month changed: its status too
+            tally = ledger.months.get(key)
+            if (
+                tally is not None
+                and tally.payer_fixed
+                and self.config.profiles.get(tally.payer) is not None
+            ):
+                result.outputs.append(
+                    self.status(ledger.patient_id, tally, event.event_id, event.recorded_at)
+                )
+        return result
 
     def _apply_log(self, ledger: PatientLedger, event: TimeLogged) -> Result:
         eid = event.event_id
@@ -606,6 +701,7 @@ class TallyEngine:
             if tally.closed or not self._targets(command, key, tally):
                 continue
             outputs += self._issue(ledger.patient_id, tally, command.as_of, trigger)
+            outputs.append(self._close_status(ledger.patient_id, tally, command.as_of, trigger))
         return outputs
 
     def _targets(self, command: MonthCloseCommand, key: MonthKey, tally: MonthTally) -> bool:
@@ -621,6 +717,7 @@ class TallyEngine:
         for tally in ledger.months.values():
             if not tally.closed:
                 outputs += self._issue(ledger.patient_id, tally, as_of, "replay")
+                outputs.append(self._close_status(ledger.patient_id, tally, as_of, "replay"))
         return outputs
 
     def retention_deadline(self, tally: MonthTally) -> datetime:
@@ -651,6 +748,43 @@ class TallyEngine:
             del ledger.months[key]
             archived += 1
         return archived
+
+    # ---------------------------------------------------------------- status feed
+
+    def status(self, patient_id: str, tally: MonthTally, trigger: str, at: datetime) -> Output:
+        """The month's current status as a (lazily built) ``status`` output.
+
+        The values are taken now (the ledger changes in place afterwards); the pydantic models
+        are built only if the output is published. The id is deterministic: the month, the
+        input (or close) that caused the status and the state it shows.
+        """
+        snapshot = (
+            patient_id,
+            tally.practice_id,
+            tally.service_month,
+            tally.time_zone,
+            tally.payer,
+            tally.profile_version,
+            tally.qualifying_seconds,
+            tally.level,
+            len(tally.logs),
+            tally.revision,
+            trigger,
+            at,
+        )
+        key = f"{patient_id}/{tally.practice_id}/{tally.service_month}"  # status_key
+        profile = self._profile_of(tally)
+        return Output(
+            "status",
+            key,
+            build=partial(_status_envelope, profile, snapshot),
+            json=partial(_status_json, profile, snapshot),
+        )
+
+    def _close_status(
+        self, patient_id: str, tally: MonthTally, at: datetime, trigger: CloseTrigger
+    ) -> Output:
+        return self.status(patient_id, tally, f"close:{trigger}:{at.isoformat()}", at)
 
     def _reissue(self, patient_id: str, tally: MonthTally, at: datetime) -> list[Output]:
         """A closed month that changed is re-issued as a new revision."""
@@ -815,6 +949,7 @@ class TallyEngine:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STATUS_OUTCOMES = frozenset({Outcome.COUNTED, Outcome.EXCLUDED, Outcome.VOIDED})
 _OTHER_PRACTICE = "the voided log belongs to another practice"
 
 
@@ -840,3 +975,108 @@ def _log_line(e: LogEntry) -> LogLine:
         voided_by=e.voided_by,
         void_reason=e.void_reason,
     )
+
+
+StatusSnapshot = tuple[str, str, str, str, str, str, int, int, int, int, str, datetime]
+"""What a status says, copied out of a :class:`MonthTally` when it is emitted (a tuple: the
+engine emits one per changed month per input, most are never published)."""
+
+
+def _status_parts(
+    profile: PayerProfile, snapshot: StatusSnapshot
+) -> tuple[dict[str, Any], str, str, datetime]:
+    """The status data (as plain JSON-able values, in the model's field order), its id, its
+    subject and its time."""
+    (
+        patient_id,
+        practice_id,
+        service_month,
+        time_zone,
+        payer,
+        profile_version,
+        qualifying_seconds,
+        level,
+        logs,
+        revision,
+        trigger,
+        at,
+    ) = snapshot
+    minutes = qualifying_seconds // 60
+    lines = []
+    if level >= 1:
+        lines.append({"code": profile.entry_code, "units": 1})
+    if level >= 2:
+        lines.append({"code": profile.addon_code, "units": level - 1})
+    max_level = profile.max_level()
+    shown = max(level + 2, 2)
+    if max_level is not None:
+        shown = min(shown, max_level)
+    thresholds: list[dict[str, Any]] = []
+    for lvl in range(1, shown + 1):
+        code, unit = profile.code_unit(lvl)
+        thresholds.append(
+            {
+                "code": code,
+                "unit": unit,
+                "minutes": profile.threshold_minutes(lvl),
+                "reached": lvl <= level,
+            }
+        )
+    at_cap = max_level is not None and level >= max_level
+    following = None if at_cap else thresholds[level]
+    closed = revision >= 0
+    data = {
+        "patient_id": patient_id,
+        "practice_id": practice_id,
+        "service_month": service_month,
+        "time_zone": time_zone,
+        "payer": payer,
+        "profile_version": profile_version,
+        "qualifying_minutes": minutes,
+        "codes_reached": lines,
+        "thresholds": thresholds,
+        "next_threshold": following,
+        "minutes_to_next_threshold": None if following is None else following["minutes"] - minutes,
+        "logs": logs,
+        "closed": closed,
+        "revision": revision if closed else None,
+        "billable": None,
+    }
+    oid = stable_id(
+        "status",
+        patient_id,
+        practice_id,
+        service_month,
+        trigger,
+        qualifying_seconds,
+        level,
+        logs,
+        revision,
+    )
+    return data, oid, f"{patient_id}/{practice_id}/{service_month}", at
+
+
+def _status_envelope(profile: PayerProfile, snapshot: StatusSnapshot) -> OutputEnvelope:
+    data, oid, subject, at = _status_parts(profile, snapshot)
+    return envelope(TallyStatus.model_validate(data), oid, subject, at)
+
+
+_STATUS_TYPE = OUTPUT_TYPES[TallyStatus]
+
+
+def _status_json(profile: PayerProfile, snapshot: StatusSnapshot) -> str:
+    """The status envelope's JSON without building its pydantic models (the worker publishes
+    a status per changed patient-month per batch: the models cost most of it). The same
+    bytes as ``model_dump_json`` of :func:`_status_envelope` (a unit test compares them)."""
+    data, oid, subject, at = _status_parts(profile, snapshot)
+    body = {
+        "specversion": "1.0",
+        "id": oid,
+        "source": "ccm-tally",
+        "type": _STATUS_TYPE,
+        "subject": subject,
+        "time": at,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z).decode()

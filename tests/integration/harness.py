@@ -8,6 +8,7 @@ runner (``ccm_worker.process``), as the demo and the benchmarks use.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings, Topics
 from ccm_worker import cli, ops, process
+from ccm_worker.kafka_security import aiokafka_kwargs
 from ccm_worker.topics import ensure_topics
 
 
@@ -30,6 +32,12 @@ class Stack:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
+    security: dict[str, Any] = field(default_factory=dict)
+    """Settings fields for TLS/SASL/HTTP auth (``kafka_security_protocol`` ...), e.g. from
+    the ``kafka_secure`` fixture; ``bootstrap`` is then the secure listener."""
+    web_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    """Bearer token of the workers' patient-data endpoints (they are off without one);
+    ``WorkerProcess.get`` sends it. A ``web_auth_token_file`` in ``security`` replaces it."""
 
     @property
     def topics(self) -> Topics:
@@ -44,7 +52,13 @@ class Stack:
             topics=self.topics,
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
+            **self._auth_and_security(),
         )
+
+    def _auth_and_security(self) -> dict[str, Any]:
+        if "web_auth_token_file" in self.security:
+            return dict(self.security)
+        return {"web_auth_token": self.web_token, **self.security}
 
     def create_topics(self) -> None:
         ensure_topics(self.settings)
@@ -61,9 +75,15 @@ class WorkerProcess(process.WorkerProcess):
         return self
 
 
-async def _produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes]]) -> int:
+async def _produce(
+    settings: Settings, topic: str, events: Iterable[tuple[bytes | None, bytes]]
+) -> int:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **aiokafka_kwargs(settings),
     )
     await producer.start()
     try:
@@ -75,7 +95,7 @@ async def _produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | No
 
 
 def produce(stack: Stack, events: Iterable[tuple[bytes | None, bytes]]) -> int:
-    return asyncio.run(_produce(stack.bootstrap, stack.topics.timelog, events))
+    return asyncio.run(_produce(stack.settings, stack.topics.timelog, events))
 
 
 def send_close(stack: Stack, command: dict[str, Any]) -> None:

@@ -237,7 +237,8 @@ def test_rule_6_late_log_after_close_reissues_record_as_revision_1() -> None:
     revision 1, close_trigger late_event, new envelope id; never silently changed."""
     harness = Harness()
     harness.feed(log("a", local(10), 50))
-    [first_out] = harness.close()
+    [first_out, closed_status] = harness.close()
+    assert (first_out.kind, closed_status.kind) == ("billing_record", "status")
     first = harness.record()
     assert (first.revision, first.close_trigger, first.lines) == (0, "command", [])
     assert first.closed_at == CLOSE_AT
@@ -303,7 +304,7 @@ def test_rule_6_closing_a_closed_month_again_emits_nothing() -> None:
     """Rule 6: a closed month is never silently re-closed or changed."""
     harness = Harness()
     harness.feed(log("a", local(10), 60))
-    assert len(harness.close()) == 1
+    assert [o.kind for o in harness.close()] == ["billing_record", "status"]
     assert harness.close(as_of=CLOSE_AT + timedelta(days=3)) == []
     assert harness.close_all(as_of=CLOSE_AT + timedelta(days=4)) == []
 
@@ -317,8 +318,9 @@ def test_rule_6_due_close_waits_for_month_end_plus_grace() -> None:
     early = MonthCloseCommand(command_id="t1", mode="due", as_of=deadline - timedelta(seconds=1))
     due = MonthCloseCommand(command_id="t2", mode="due", as_of=deadline)
     assert harness.local.close(early) == []
-    [out] = harness.local.close(due)
+    [out, status] = harness.local.close(due)
     assert out.kind == "billing_record"
+    assert status.kind == "status"
 
 
 # ------------------------------------------------------------------ determinism
@@ -347,7 +349,7 @@ def test_rule_6_same_input_gives_the_same_output_ids_and_content() -> None:
     ids = [o.envelope.id for o in one.outputs]
     assert len(ids) == len(set(ids))
     kinds = {o.kind for o in one.outputs}
-    assert kinds == {"threshold", "billing_record", "rejected"}
+    assert kinds == {"threshold", "billing_record", "rejected", "status"}
 
 
 @pytest.mark.parametrize(("other_patient", "other_month"), [("pat-2", MARCH), (PATIENT, "2026-04")])

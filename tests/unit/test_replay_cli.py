@@ -282,3 +282,32 @@ def test_replay_custom_profile_file(tmp_path: Path) -> None:
     assert _lines(record) == {"99487": 1, "99489": 1}
     assert record["profile_version"] == "v7"
     assert record["date_of_service"] == date(2026, 3, 31).isoformat()
+
+
+def test_replay_status_flag_adds_each_patient_months_final_status(
+    replay: subprocess.CompletedProcess[str],
+) -> None:
+    """``--status``: the other outputs are unchanged, then one status per patient-month (what
+    the compacted status topic converges to), agreeing with the month's last record."""
+    result = run_cli("replay", "--status", SAMPLE)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    plain = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert lines[: len(plain)] == plain
+    statuses = lines[len(plain) :]
+    assert {s["type"] for s in statuses} == {"org.ccmtally.tally-status.v1"}
+    assert "7 status records" in result.stderr.strip().splitlines()[-1]
+    records: dict[str, dict[str, Any]] = {}
+    for env in plain:
+        if env["type"] == "org.ccmtally.billing-record.v1":
+            data = env["data"]
+            key = f"{data['patient_id']}/{data['practice_id']}/{data['service_month']}"
+            if key not in records or data["revision"] > records[key]["revision"]:
+                records[key] = data
+    assert sorted(s["subject"] for s in statuses) == sorted(records)
+    for status in statuses:
+        data, record = status["data"], records[status["subject"]]
+        assert data["closed"] is True
+        assert data["revision"] == record["revision"]
+        assert data["qualifying_minutes"] == record["qualifying_minutes"]
+        assert data["codes_reached"] == record["lines"]
+        assert data["minutes_to_next_threshold"] == record["minutes_to_next_threshold"]

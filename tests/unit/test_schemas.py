@@ -180,9 +180,10 @@ def test_schema_replay_outputs_validate_against_output_schemas(
     script = Path(sys.executable).parent / "ccm-tally"
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "ccm_cli.main"]
     result = subprocess.run(
-        [*cli, "replay", str(SAMPLE)], capture_output=True, text=True, check=True
+        [*cli, "replay", "--status", str(SAMPLE)], capture_output=True, text=True, check=True
     )
     by_type = {
+        "org.ccmtally.tally-status.v1": exported["tally_status.v1"],
         "org.ccmtally.threshold.v1": exported["threshold.v1"],
         "org.ccmtally.billing-record.v1": exported["billing_record.v1"],
         "org.ccmtally.rejected-input.v1": exported["rejected_input.v1"],

@@ -1,0 +1,1 @@
+"""The care-team console: a worklist over the compacted status topic (``ccm-tally console``)."""

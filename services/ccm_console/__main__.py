@@ -1,0 +1,3 @@
+from ccm_cli.main import main
+
+raise SystemExit(main(["console"]))

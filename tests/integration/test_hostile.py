@@ -216,3 +216,53 @@ def test_hostile_dead_letters_are_republished_identically(
     assert len(by_id) == len(HOSTILE_PAYLOADS)
     for copies in by_id.values():
         assert len(copies) == 2 and copies[0] == copies[1]
+
+
+async def _produce_keyed(
+    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]
+) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        for key, value in messages:  # default partitioner: where a producer would put them
+            await (await producer.send(topic, value, key=key))
+    finally:
+        await producer.stop()
+
+
+def test_hostile_keys_are_dead_lettered_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Valid events under hostile Kafka keys (not UTF-8, empty, 100 KB, absent, another
+    patient's): each is one key_mismatch dead letter, the worker keeps running, and the
+    patient's correctly keyed event is still counted."""
+    event = log("k-1", local(3), 30, patient_id=PATIENT, recorded_at=local(3, 12))
+    raw = encode(event)
+    hostile_keys: list[bytes | None] = [b"\xff\xfe", b"", b"k" * 100_000, None, b"pat-other"]
+    messages = [(key, raw) for key in hostile_keys] + [(PATIENT.encode(), raw)]
+    stack = Stack(kafka_bootstrap, partitions=2)
+    stack.create_topics()
+    worker = WorkerProcess(stack, tmp_path).start()
+    try:
+        asyncio.run(_produce_keyed(stack.bootstrap, stack.topics.timelog, messages))
+        wait_processed(stack, timeout=240)
+        deadline = time.monotonic() + 60
+        stream = collect(stack)
+        while len({d["id"] for d in stream["dlq"]}) < len(hostile_keys):
+            assert time.monotonic() < deadline, "dead letters missing"
+            time.sleep(1)
+            stream = collect(stack)
+        alive = worker.proc is not None and worker.proc.poll() is None
+        restarts = worker.restarts
+        counted = worker.metric("ccm_events_total", outcome="counted")
+    finally:
+        worker.stop()
+    assert alive and restarts == 0, worker.tail()
+    dlq = {d["id"]: d["data"] for d in stream["dlq"]}
+    assert len(dlq) == len(stream["dlq"]) == len(hostile_keys)
+    assert {d["reason"] for d in dlq.values()} == {"key_mismatch"}
+    assert all(len(json.dumps(d)) < 64 * 1024 for d in dlq.values())
+    assert counted == 1

@@ -734,7 +734,8 @@ def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
     field = ".".join(loc) or "payload"
     msg = str(first["msg"])
     if etype == "string_pattern_mismatch":
-        reason, text = _pattern_reason(str(first["ctx"]["pattern"]), first.get("input"))
+        pattern = str(first.get("ctx", {}).get("pattern", ""))
+        reason, text = _pattern_reason(pattern, first.get("input"))
         return reason, f"field '{field}': {text}"
     if loc and loc[-1] == "schema_version":
         return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"

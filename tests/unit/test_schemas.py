@@ -4,7 +4,8 @@ The time-log formats are checked with a small validator covering the keywords py
 here (written before ``jsonschema`` was a test dependency), the enrollment feed with the
 ``jsonschema`` library; the sample events are also checked with the pydantic models
 themselves. The small validator is tested against known-bad payloads so that it is not
-vacuous.
+vacuous. The full agreement of the schemas with the service, keyword by keyword, is checked
+with the ``jsonschema`` package in test_schema_oracle.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator
 
 from ccm_core.contracts import INPUT_ADAPTER, Activity, Role, TimeLogged
 from ccm_core.schemas import all_schemas

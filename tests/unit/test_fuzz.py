@@ -9,7 +9,7 @@ input has exactly one outcome (a rejected input exactly one dead letter, any oth
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +19,7 @@ from ccm_core import codec
 from ccm_core.contracts import Outcome, Reason
 from ccm_core.ingest import LocalTally, Processed, Source
 from ccm_core.tally import PatientLedger
+from tests.unit.enrollment_helpers import attestation, code_billed, consent, withdrawal
 from tests.unit.hostile import HOSTILE_PAYLOADS, base_log
 from tests.unit.test_schema_oracle import FIELDS, mutate, timestamps, values
 from tests.unit.unit_helpers import CLOSE_AT, local, log, void
@@ -83,6 +84,21 @@ _valid_events = st.one_of(
         st.sampled_from(["cms", "bcbsm", "priority_health", "medicaid", "unknown"]),
     ),
     st.builds(void, _ids, _ids),
+    # the enrollment feed's events, decoded by the same union
+    st.builds(lambda eid, day: consent(eid, date(2026, 3, day)), _ids, st.integers(1, 28)),
+    st.builds(lambda eid, day: withdrawal(eid, date(2026, 3, day)), _ids, st.integers(1, 28)),
+    st.builds(
+        lambda eid, n, plan: attestation(eid, conditions=n, care_plan=plan),
+        _ids,
+        st.integers(0, 4),
+        st.sampled_from(["established", "revised", "unchanged", "none"]),
+    ),
+    st.builds(
+        lambda eid, code, ids: code_billed(eid, code, log_ids=ids),
+        _ids,
+        st.sampled_from(["99490", "99491", "G0556", "99484"]),
+        st.lists(_ids, max_size=3),
+    ),
 )
 _mutations = st.lists(
     st.tuples(st.sampled_from([*FIELDS, "extra"]), st.one_of(st.just(...), values, timestamps)),

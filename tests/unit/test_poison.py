@@ -311,3 +311,79 @@ def test_every_reason_code_is_documented_with_an_example() -> None:
     for reason in Reason:
         assert reason.value in rows, reason
         assert len([c for c in rows[reason.value].split("|") if c.strip()]) == 3, reason
+
+
+# ------------------------------------------ rules 6 (issue 9) through the strict decode path
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        pytest.param({"minutes": "30"}, Reason.INVALID_FIELD, id="minutes-string"),
+        pytest.param({"licensed": "true"}, Reason.INVALID_FIELD, id="licensed-string"),
+        pytest.param({"staff_id": "a b"}, Reason.INVALID_FIELD, id="staff-id-space"),
+        pytest.param(
+            {"recorded_at": "1901-12-13T20:45:51Z"},
+            Reason.TIMESTAMP_OUT_OF_RANGE,
+            id="recorded-1901",
+        ),
+        pytest.param({"minutes": 1441}, Reason.DURATION_EXCEEDS_BOUND, id="minutes-over-a-day"),
+    ],
+)
+@pytest.mark.parametrize("month_open", [True, False], ids=["month-open", "payer-opens-month"])
+def test_rule_6_strictly_rejected_log_is_listed_on_its_month_record(
+    changes: dict[str, Any], reason: Reason, month_open: bool
+) -> None:
+    """Rules 6 with issue 8's validation: a log that strict validation rejects, whose patient,
+    practice, start and payer are valid, is one dead letter and is listed on its month's record
+    with the same reason code (the month opened already, or opened by the payer named)."""
+    harness = Harness()
+    if month_open:
+        harness.feed(log("ok", local(3), 30))
+    processed = harness.feed_one(good(event_id="bad-1", **changes))
+    assert processed.outcome is Outcome.REJECTED and processed.reason is reason
+    dead_letter(processed)
+    harness.close()
+    assert [(r.event_id, r.reason) for r in harness.record().rejected] == [("bad-1", reason)]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"start": "9999-12-31T23:00:00Z"}, id="start-year-9999"),
+        pytest.param({"start": "0001-01-01T00:00:00-05:00"}, id="start-year-1"),
+        pytest.param({"start": 1}, id="start-number"),
+        pytest.param({"start": "2026-03-10 10:00:00Z"}, id="start-space"),
+        pytest.param({"practice_id": "prac-1\n"}, id="practice-newline"),
+        pytest.param({"patient_id": "\x00"}, id="patient-nul"),
+        pytest.param({"patient_id": "x" * 129, "minutes": 0}, id="patient-too-long"),
+    ],
+)
+def test_rule_6_log_placed_by_no_valid_month_is_only_dead_lettered(
+    changes: dict[str, Any],
+) -> None:
+    """A rejected log whose patient, practice or start is not valid as the contracts define it
+    places itself in no month: one dead letter, no month opened, nothing raises."""
+    harness = Harness()
+    harness.feed(log("ok", local(3), 30))
+    processed = harness.feed_one(good(event_id="bad-2", **changes))
+    assert processed.outcome is Outcome.REJECTED
+    assert [o.kind for o in processed.outputs] == ["rejected"]
+    assert list(harness.local.ledgers[PATIENT].months) == [("prac-1", "2026-03")]
+    harness.close()
+    assert harness.record().rejected == []
+
+
+def test_rule_6_listing_survives_the_hostile_payloads() -> None:
+    """The hostile list through the rules-6 listing step: one outcome each, never
+    internal_error (nothing raised on the way to the record)."""
+    from tests.unit.hostile import HOSTILE_PAYLOADS
+
+    harness = Harness()
+    harness.feed(log("ok", local(3), 30))
+    for name, raw in HOSTILE_PAYLOADS:
+        processed = harness.feed_one(raw)
+        assert processed.outcome is Outcome.REJECTED, name
+        assert processed.reason is not Reason.INTERNAL_ERROR, (name, processed.detail)
+    harness.close()
+    assert harness.record().rejected  # some hostile logs were placed on the month

@@ -2,7 +2,9 @@
 
 The oracle is an independent validator, the ``jsonschema`` package (Draft 2020-12), run on the
 exported schemas over a corpus of hostile and valid payloads: hand-written cases, and payloads
-hypothesis derives from valid events by replacing, adding or removing fields. The documented
+hypothesis derives from valid events by replacing, adding or removing fields. The service
+decodes time logs, voids and the enrollment feed's events with one union, so its verdict is
+compared with "valid under ``timelog_input.v1`` or under ``enrollment_input.v1``". The documented
 exceptions, and only those, are asserted as such:
 
 - JSON that is not I-JSON (RFC 7493): a lone surrogate escape is not a Unicode character, so the
@@ -14,7 +16,7 @@ exceptions, and only those, are asserted as such:
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -29,11 +31,13 @@ from ccm_core.contracts import (
 )
 from ccm_core.ingest import decode
 from ccm_core.schemas import all_schemas
+from tests.unit.enrollment_helpers import attestation, code_billed, consent, withdrawal
 from tests.unit.hostile import HOSTILE_PAYLOADS, base_log
 from tests.unit.unit_helpers import local, void
 
 SCHEMAS = all_schemas()
 INPUT_SCHEMA = Draft202012Validator(SCHEMAS["timelog_input.v1"])
+ENROLLMENT_SCHEMA = Draft202012Validator(SCHEMAS["enrollment_input.v1"])
 CLOSE_SCHEMA = Draft202012Validator(SCHEMAS["month_close_command.v1"])
 SEMANTIC_ONLY = {Reason.END_BEFORE_START, Reason.MINUTES_END_MISMATCH}
 
@@ -48,6 +52,11 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def schema_valid(payload: Any) -> bool:
+    """Valid under one of the two published input schemas (the service's one union)."""
+    return bool(INPUT_SCHEMA.is_valid(payload) or ENROLLMENT_SCHEMA.is_valid(payload))
+
+
 def assert_agree(payload: Any) -> None:
     """The service's verdict on ``payload`` is the schema's (or a documented exception)."""
     raw = json.dumps(payload).encode()  # ensure_ascii: lone surrogates become \\udXXX escapes
@@ -55,7 +64,7 @@ def assert_agree(payload: Any) -> None:
     if has_lone_surrogate(payload):
         assert decoded.reason is Reason.INVALID_JSON
         return
-    schema_ok = INPUT_SCHEMA.is_valid(payload)
+    schema_ok = schema_valid(payload)
     if decoded.reason in SEMANTIC_ONLY:
         assert schema_ok, (payload, decoded)  # structurally fine: only the semantic rule
         return
@@ -77,7 +86,52 @@ VALID = [
     base_log(role="ma", licensed=False),
     void("v-1", "e-1"),
     {**void("v-2", "e-1"), "note": None, "schema_version": 1},
+    consent("c-1"),
+    {**consent("c-2"), "consent_date": "2000-02-29", "schema_version": 1.0},
+    withdrawal("w-1", date(2026, 3, 20)),
+    attestation("a-1"),
+    attestation("a-2", conditions=0, care_plan="none", decision_making="straightforward"),
+    {**attestation("a-3"), "chronic_conditions": 2.0},  # the JSON number 2
+    code_billed("b-1", "99490"),
+    code_billed("b-2", "99491", log_ids=["e-1", "e-2"]),
 ]
+
+ENROLLMENT_FIELD_VALUES: dict[str, list[tuple[dict[str, Any], list[Any]]]] = {
+    "consent_date": [
+        (
+            consent("c-9"),
+            [
+                "2026-02-29",
+                "1999-12-31",
+                "2100-01-01",
+                "2026-3-1",
+                "20260301",
+                "2026-03-01T00:00:00Z",
+                "2026-03-01\n",
+                "\uff12\uff10\uff12\uff16-03-01",
+                20260301,
+                1,
+                True,
+                None,
+            ],
+        )
+    ],
+    "withdrawn_date": [(withdrawal("w-9", date(2026, 3, 20)), ["2026-04-31", "", 0])],
+    "chronic_conditions": [(attestation("a-9"), [True, "2", -1, 101, 100, 2.5, 1e30, None, [2]])],
+    "care_plan": [(attestation("a-9"), ["Revised", "", None, 1])],
+    "service_month": [(attestation("a-9"), ["2026-3", "1999-12", "2026-13", "2026-03\n", 202603])],
+    "code": [(code_billed("b-9", "99490"), ["99487", "99490 ", 99490, None, "g0556"])],
+    "time_log_ids": [
+        (code_billed("b-9", "99491"), [["a b"], [""], ["x" * 129], [1], "e-1", None, ["e"] * 501])
+    ],
+    "recorded_at": [
+        (consent("c-9"), ["2026-03-01T09:00:00", "9999-12-31T23:00:00Z", 1]),
+        (code_billed("b-9", "99490"), ["1901-12-13T20:45:51Z", "2026-03-01"]),
+    ],
+    "patient_id": [(withdrawal("w-9", date(2026, 3, 20)), ["", "a\n", "\x00", "é", 5])],
+    "event_type": [(consent("c-9"), ["Consent_Recorded", None])],
+    "schema_version": [(attestation("a-9"), [True, 2, "1"])],
+}
 
 FIELD_VALUES: dict[str, list[Any]] = {
     "event_id": ["", " ", "a b", "a\n", "\n", "é", "x" * 129, "\x00", "a\u2028", 5, None],
@@ -133,6 +187,13 @@ def corpus() -> list[Any]:
     payloads.append({**void("v-3", "e-1"), "recorded_at": "2026-03-25T12:00:00"})
     payloads.append({**void("v-3", "e-1"), "minutes": 3})
     payloads.append({**base_log(), "event_id": "\ud800"})
+    for field, cases in ENROLLMENT_FIELD_VALUES.items():
+        for base, values in cases:
+            for value in values:
+                payloads.append({**base, field: value})
+            payloads.append({k: v for k, v in base.items() if k != field})
+    payloads.append({**consent("c-8"), "surprise": 1})
+    payloads.append({**consent("c-8"), "practice_id": "\ud800"})
     return payloads
 
 
@@ -144,8 +205,10 @@ def test_schema_oracle_agrees_on_the_corpus(payload: Any) -> None:
 
 def test_schema_oracle_corpus_is_not_one_sided() -> None:
     """The corpus holds payloads both accept and many both reject (the test can fail)."""
-    verdicts = [INPUT_SCHEMA.is_valid(p) for p in corpus()]
-    assert sum(verdicts) >= len(VALID) and verdicts.count(False) > 80
+    verdicts = [schema_valid(p) for p in corpus()]
+    assert sum(verdicts) >= len(VALID) and verdicts.count(False) > 120
+    for payload in VALID:
+        assert decode(json.dumps(payload).encode()).event is not None, payload
 
 
 @pytest.mark.parametrize(("name", "raw"), HOSTILE_PAYLOADS, ids=[n for n, _ in HOSTILE_PAYLOADS])
@@ -160,7 +223,7 @@ def test_schema_oracle_rejects_every_hostile_payload_the_service_rejects(
     except (ValueError, RecursionError):
         return  # not JSON: no schema applies
     if not has_lone_surrogate(payload):
-        assert not INPUT_SCHEMA.is_valid(payload), name
+        assert not schema_valid(payload), name
 
 
 # ---------------------------------------------------------------- hypothesis: mutated events
@@ -199,12 +262,26 @@ values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner)
 )
 FIELDS = [*base_log().keys(), "end", "note", "agency_contacted", "voided_event_id", "reason"]
+FIELDS += [
+    "consent_date",
+    "withdrawn_date",
+    "service_month",
+    "chronic_conditions",
+    "care_plan",
+    "medical_decision_making",
+    "code",
+    "time_log_ids",
+]
 bases = st.sampled_from(
     [
         base_log(),
         base_log(minutes=None, end="2026-03-10T10:30:00-04:00"),
         base_log(end="2026-03-10T10:30:00-04:00"),
         void("v-1", "e-1"),
+        consent("c-1"),
+        withdrawal("w-1", date(2026, 3, 20)),
+        attestation("a-1"),
+        code_billed("b-1", "99491", log_ids=["e-1"]),
     ]
 )
 mutation = st.tuples(st.sampled_from([*FIELDS, "extra"]), st.one_of(st.just(...), values))

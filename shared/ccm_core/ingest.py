@@ -362,8 +362,9 @@ class LocalTally:
             found = self.ledgers[patient_id] = PatientLedger(patient_id)
         return found
 
-    def feed(self, raw: bytes, source: Source) -> Processed:
-        processed, _ = process(self.engine, self.ledger, raw, source)
+    def feed(self, raw: bytes, source: Source, key: str | None = None) -> Processed:
+        """One input; ``key`` is the Kafka key it had, when replaying a keyed stream."""
+        processed, _ = process(self.engine, self.ledger, raw, source, key)
         self.outcomes[processed.outcome] += 1
         if processed.event is not None and (
             self.latest is None or processed.event.recorded_at > self.latest

@@ -102,11 +102,16 @@ async def _produce_to_partition(bootstrap: str, topic: str, values: list[bytes])
 
 
 def replayed(values: list[bytes]) -> dict[str, list[dict[str, Any]]]:
+    """The core on the same values with the same Kafka key as the stream: a hostile log of
+    another patient (``pat-1``) keyed ``pat-hostile`` is dead-lettered but, the key not being
+    its patient, not listed on a month's record (its state would be split across partitions)."""
     tally = LocalTally()
     out: dict[str, list[dict[str, Any]]] = {"threshold": [], "billing_record": [], "dlq": []}
     names = {"threshold": "threshold", "billing_record": "billing_record", "rejected": "dlq"}
     outputs = [
-        o for i, raw in enumerate(values) for o in tally.feed(raw, Source("r", 0, i)).outputs
+        o
+        for i, raw in enumerate(values)
+        for o in tally.feed(raw, Source("r", 0, i), key=PATIENT).outputs
     ]
     outputs += tally.close(MonthCloseCommand.model_validate(CLOSE_ALL_DUE))
     for o in outputs:

@@ -5,8 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-integration lint typecheck check schemas bench-smoke clean \
-	compose-secrets
+.PHONY: setup demo test test-unit test-integration lint typecheck check schemas asyncapi-check \
+	cloudevents-js-check bench-smoke clean compose-secrets
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
@@ -41,10 +41,16 @@ typecheck: $(STAMP)
 check: lint typecheck
 
 schemas: $(STAMP)  ## regenerate docs/schemas from the pydantic models
-	$(BIN)/ccm-tally schema export docs/schemas
+	$(BIN)/ccm-tally schema export docs/schemas --asyncapi docs/asyncapi.yaml
+
+asyncapi-check: $(STAMP)  ## docs/asyncapi.yaml current and valid (official @asyncapi/cli, npm)
+	bash .ci/asyncapi-check.sh
+
+cloudevents-js-check: $(STAMP)  ## the official CloudEvents JS SDK reads every output kind (npm)
+	bash .ci/cloudevents-js-check.sh
 
 compose-secrets: $(STAMP)  ## throw-away CA, keystore, passwords, token for docker-compose.secure.yml
 	$(BIN)/python -m ccm_localkafka.devsecrets deploy/secrets/dev
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis deploy/kafka/lib .tools

@@ -2,6 +2,10 @@
 # Install the system packages the local Kafka broker needs (Debian/Ubuntu), only if missing:
 #   - openjdk-17-jre-headless  when `java` is absent or older than 17
 #   - maven                    when `mvn` is absent (fetches the broker jars, deploy/kafka/pom.xml)
+#   - postgresql               when no server binaries (/usr/lib/postgresql/*/bin/initdb): the
+#                              sink's tests start a throwaway cluster (tests/localpg.py)
+#   - prometheus               when `promtool` is absent: the tests check deploy/prometheus
+#   - nodejs, npm              when `npm` is absent: .ci/asyncapi-check.sh installs @asyncapi/cli
 #   - openssl                  when `openssl` is absent (throw-away CA and certificates of the
 #                              SASL_SSL / mutual-TLS test listeners, ccm_localkafka/tls.py)
 #   - chromium, chromium-driver when `chromium` / `chromedriver` are absent (the console's
@@ -35,6 +39,27 @@ if ! command -v mvn >/dev/null 2>&1; then
     packages+=(maven)
 else
     log "mvn found"
+fi
+
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    log "postgresql server binaries found"
+else
+    log "postgresql server binaries missing: will install postgresql"
+    packages+=(postgresql)
+fi
+
+if command -v promtool >/dev/null 2>&1; then
+    log "promtool found"
+else
+    log "promtool missing: will install prometheus"
+    packages+=(prometheus)
+fi
+
+if command -v npm >/dev/null 2>&1; then
+    log "npm found"
+else
+    log "npm missing: will install nodejs npm"
+    packages+=(nodejs npm)
 fi
 
 if ! command -v openssl >/dev/null 2>&1; then
@@ -94,6 +119,8 @@ if [[ -z "${major}" || "${major}" -lt 17 ]]; then
     log "warning: 'java' on PATH is ${major:-missing}; openjdk 17 is under /usr/lib/jvm/java-17-*"
 fi
 command -v mvn >/dev/null 2>&1 || { log "mvn still missing after install"; exit 1; }
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { log "initdb missing"; exit 1; }
+command -v promtool >/dev/null 2>&1 || { log "promtool still missing after install"; exit 1; }
 command -v openssl >/dev/null 2>&1 || { log "openssl still missing after install"; exit 1; }
 command -v chromium >/dev/null 2>&1 || { log "chromium still missing after install"; exit 1; }
 command -v chromedriver >/dev/null 2>&1 || { log "chromedriver still missing after install"; exit 1; }

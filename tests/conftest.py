@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _REPO = Path(__file__).resolve().parent.parent
 _STARTUP_KEY = pytest.StashKey[str]()
+_PG_KEY = pytest.StashKey[str]()
 
 
 # Make ``ccm_localkafka`` (deploy/) importable even when the project is not pip-installed.
@@ -73,8 +74,38 @@ def kafka_secure(local_kafka: LocalKafka) -> LocalKafka:
     return local_kafka
 
 
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A real PostgreSQL server for this test session (``tests/localpg.py``): Debian's
+    binaries, a throwaway cluster on a free port. Lazy like the broker; if it cannot start,
+    the requesting tests error (never skip)."""
+    from tests.localpg import LocalPostgres
+
+    server = LocalPostgres()
+    try:
+        server.start()
+        request.config.stash[_PG_KEY] = (
+            f"PostgreSQL ({server.bin.parent.name}) at 127.0.0.1:{server.port} "
+            f"started in {server.startup_seconds:.2f}s"
+        )
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    dsn: str = postgres_server.new_database()
+    return dsn
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     line = terminalreporter.config.stash.get(_STARTUP_KEY, None)
     if line:
         terminalreporter.write_sep("-", "kafka broker")
         terminalreporter.write_line(line)
+    pg = terminalreporter.config.stash.get(_PG_KEY, None)
+    if pg:
+        terminalreporter.write_sep("-", "postgresql")
+        terminalreporter.write_line(pg)

@@ -16,15 +16,20 @@ import tomllib
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, cast
 
 from pydantic import ValidationError
 
+from ccm_core import asyncapi
 from ccm_core.config import CoreConfig, load_config
-from ccm_core.contracts import Outcome
+from ccm_core.contracts import BillingRecordEnvelope, Outcome
+from ccm_core.fhir import charge_items, latest_records, transaction_bundle
 from ccm_core.ingest import LocalTally
 from ccm_core.schemas import all_schemas
+from ccm_core.settings import Topics
 from ccm_core.tally import Output, TallyEngine, coalesce_status
+
+from .progress import Progress, add_progress_flag, wanted
 
 USAGE_EXIT_CODE = 2
 
@@ -125,7 +130,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         src.close()
         raise CliError(f"cannot write {args.out}: {os_reason(exc)}") from None
-    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "status": 0}
+    counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "fhir_chargeitem": 0, "status": 0}
     statuses: list[Output] = []  # --status: the last of each patient-month, written at the end
 
     def write(outputs: list[Output]) -> None:
@@ -160,8 +165,55 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(
         f"replay: {seen} events ({parts}), {tally.closes} month-close commands; "
         f"emitted {counts['threshold']} threshold events, "
-        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records"
-        f"{status_part}",
+        f"{counts['billing_record']} billing records, {counts['rejected']} rejected-input records, "
+        f"{counts['fhir_chargeitem']} FHIR ChargeItems{status_part}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+RECORD_TYPE = "org.ccmtally.billing-record.v1"
+
+
+def cmd_export_fhir(args: argparse.Namespace) -> int:
+    """Billing records (JSON lines of envelopes, as replay writes them or as read from
+    ``ccm.billing-record.v1``; other lines are skipped) to FHIR R4 ChargeItems of each record's
+    latest revision: a transaction Bundle (PUT by id), or NDJSON (one resource a line)."""
+    progress = Progress("export fhir", "lines read", enabled=wanted(args.progress))
+    records = []
+    skipped = 0
+    with _open_input(args.records) as src:  # issue 8: one line, not a traceback
+        for number, line in enumerate(src, start=1):
+            progress.add()
+            if not line.strip():
+                continue
+            if b'"org.ccmtally.billing-record.v1"' not in line:
+                skipped += 1  # other outputs of a replay (thresholds, dead letters, FHIR)
+                continue
+            try:
+                records.append(BillingRecordEnvelope.model_validate_json(line).data)
+            except ValidationError as err:
+                where = f"{args.records} line {number}"
+                raise CliError(f"{where} is not a billing record: {validation_line(err)}") from None
+    items = [item for rec, gone in latest_records(records) for item in charge_items(rec, gone)]
+    progress.done(f"{len(records):,} records, {len(items):,} ChargeItems")
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {os_reason(exc)}") from None
+    try:
+        if args.format == "ndjson":
+            for item in items:
+                out.write(json.dumps(item, separators=(",", ":")) + "\n")
+        else:
+            out.write(json.dumps(transaction_bundle(items), indent=1) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    latest = len({r.record_id for r in records})
+    print(
+        f"export fhir: {len(records)} billing records ({latest} latest revisions) -> "
+        f"{len(items)} ChargeItems; {skipped} other lines skipped",
         file=sys.stderr,
     )
     return 0
@@ -174,9 +226,27 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
             path = args.dir / f"{name}.schema.json"
             path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             print(path)
+        target = args.asyncapi or args.dir / "asyncapi.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(asyncapi_yaml(), encoding="utf-8")
+        print(target)
     except OSError as exc:
         raise CliError(f"cannot write into {args.dir}: {os_reason(exc)}") from None
     return 0
+
+
+def asyncapi_yaml() -> str:
+    """The AsyncAPI 3.0 document of the default settings (not the environment's: the
+    committed file must not depend on who generated it)."""
+    import yaml
+
+    from ccm_core.settings import Settings
+
+    defaults = Settings.model_construct(topics=Topics.model_construct())
+    header = "# Generated by `ccm-tally schema export` (make schemas): do not edit.\n"
+    return header + yaml.safe_dump(
+        asyncapi.build(defaults), sort_keys=False, allow_unicode=True, width=100
+    )
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -233,8 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="JSON Schema of the wire formats")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
-    export = schema_sub.add_parser("export", help="write one .schema.json per format into DIR")
+    export = schema_sub.add_parser(
+        "export", help="write one .schema.json per format and asyncapi.yaml into DIR"
+    )
     export.add_argument("dir", type=Path)
+    export.add_argument(
+        "--asyncapi", type=Path, help="write the AsyncAPI document here (default DIR/asyncapi.yaml)"
+    )
     export.set_defaults(func=cmd_schema_export)
 
     console = sub.add_parser(
@@ -249,6 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--port", type=int, help="port (default 6070, CCM_CONSOLE_PORT)")
     console.add_argument("--refresh-seconds", type=float, help="page refresh interval (default 5)")
     console.set_defaults(func=cmd_console)
+
+    export_cmd = sub.add_parser("export", help="hand-off formats of billing records")
+    export_sub = export_cmd.add_subparsers(dest="export_command", required=True)
+    fhir = export_sub.add_parser(
+        "fhir", help="FHIR R4 ChargeItems of each record's latest revision (JSON lines in)"
+    )
+    fhir.add_argument("records", type=Path, help="JSON lines of billing-record envelopes")
+    fhir.add_argument("--out", type=Path, help="write here instead of stdout")
+    fhir.add_argument(
+        "--format",
+        choices=("bundle", "ndjson"),
+        default="bundle",
+        help="a transaction Bundle (default) or one ChargeItem per line (FHIR bulk NDJSON)",
+    )
+    add_progress_flag(fhir)
+    fhir.set_defaults(func=cmd_export_fhir)
+
+    from ccm_sink.cli import add_sink_commands
+
+    # the sink's parsers are _Parser too (one-line errors); its signature names the base class
+    add_sink_commands(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
 
     try:
         from ccm_worker.cli import add_commands

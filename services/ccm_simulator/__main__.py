@@ -19,6 +19,8 @@ from typing import IO
 
 from pydantic import ValidationError
 
+from ccm_cli.progress import Progress, wanted
+
 from .generator import EVENT_KINDS, SimEvent, SimulationSpec, generate
 from .producer import ProduceStats, produce
 
@@ -151,7 +153,12 @@ def add_simulator_args(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--rate", type=_rate, default=None, help="target events/s (default: no limit)")
     out.add_argument("--limit", type=_positive_int, default=None, help="stop after N events")
-    out.add_argument("--progress", action="store_true", help="report progress on stderr")
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress lines on stderr (default: when stderr is a terminal)",
+    )
     from ccm_worker.kafka_security import add_security_args
 
     add_security_args(parser)
@@ -198,10 +205,11 @@ class _Counted:
         return f"{total} events ({parts})"
 
 
-def _write(events: Iterable[SimEvent], sink: IO[bytes]) -> None:
+def _write(events: Iterable[SimEvent], sink: IO[bytes], progress: Progress) -> None:
     write = sink.write
     for event in events:
         write(event.value + b"\n")
+        progress.add()
 
 
 def run_simulator(args: argparse.Namespace) -> int:
@@ -222,20 +230,23 @@ def run_simulator(args: argparse.Namespace) -> int:
         f"seed {spec.seed}"
     )
     started = time.perf_counter()
+    show_progress = wanted(args.progress)
     if args.out:
+        progress = Progress("simulate", "events written", enabled=show_progress)
         try:
             if args.out == "-":
-                _write(counted, sys.stdout.buffer)
+                _write(counted, sys.stdout.buffer, progress)
                 sys.stdout.buffer.flush()
             else:
                 with open(args.out, "wb") as sink:
-                    _write(counted, sink)
+                    _write(counted, sink, progress)
         except KeyboardInterrupt:
             print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
             return 130
         except OSError as exc:
             print(f"simulate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
             return 1
+        progress.done()
         elapsed = time.perf_counter() - started
         total = sum(counted.kinds.values())
         print(
@@ -298,7 +309,7 @@ def run_simulator(args: argparse.Namespace) -> int:
     async def run() -> ProduceStats:
         # bounded: one clear line when there is no broker
         await wait_for_broker(bootstrap, wait, **security)
-        callback = report if args.progress else None
+        callback = report if show_progress else None
         stats = await produce(
             bootstrap, args.topic, time_logs(), args.rate, callback, security=security
         )

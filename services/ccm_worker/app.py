@@ -53,6 +53,8 @@ from faust.serializers import codecs  # noqa: E402
 from faust.types import TP  # noqa: E402
 
 from ccm_core import codec as ledger_codec  # noqa: E402
+from ccm_core import observability  # noqa: E402
+from ccm_core.binding import kafka_headers  # noqa: E402
 from ccm_core.config import CoreConfig, load_config  # noqa: E402
 from ccm_core.contracts import (  # noqa: E402
     BillingRecord,
@@ -169,6 +171,8 @@ class TallyWorker:
         self.engine = TallyEngine(
             config or load_config(settings.profiles_file, settings.practices_file)
         )
+        # every CPT code of the configured profiles has its series at 0 from the start
+        observability.initialize_labels(observability.profile_codes(self.engine.config.profiles))
         self.url = advertised_url(s)
         host_port = self.url.split("://", 1)[1].rsplit(":", 1)
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +248,7 @@ class TallyWorker:
         self._batch_started: float | None = None
         self._last_progress = time.monotonic()
         self._last_committed: dict[TP, int] = {}
+        self._delivered: dict[TP, int] = {}  # next offset after the last record processed
         self._ready_since = time.monotonic()
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
@@ -259,14 +264,23 @@ class TallyWorker:
     async def _agent(self, stream: Any) -> None:
         s = self.settings
         self._guard_commits()
+        uncommitted_since: float | None = None
         async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
             try:
                 async with self._batch_lock:
                     await self.process_batch(events)
                     for event in events:  # acked now, so that the commit below covers them
                         await stream.ack(event)
+                now = time.monotonic()
+                uncommitted_since = uncommitted_since or now
+                backlog = self._queued(stream) > max(500, 2 * len(events))
+                if backlog and now - uncommitted_since < s.commit_max_seconds:
+                    # a backlog: the next batch joins these transactions (a commit costs a
+                    # few round trips per partition; at a backlog it would be most of a batch)
+                    continue
                 t_commit = time.perf_counter()
                 await self.app.consumer.commit()
+                uncommitted_since = None
                 if self._debug:
                     log.debug("commit_timing", ms=round((time.perf_counter() - t_commit) * 1e3, 1))
             except FencedError as exc:
@@ -280,6 +294,14 @@ class TallyWorker:
                 # never be committed. Fail-stop: exit now; a fresh worker replays the batch.
                 log.critical("batch_failed_exiting", error=repr(exc), events=len(events))
                 os._exit(BATCH_FAILED)
+
+    @staticmethod
+    def _queued(stream: Any) -> int:
+        """Input already fetched and queued for the agent (a backlog when it is large)."""
+        try:
+            return int(stream.channel.queue.qsize())
+        except Exception:  # no queue to look at: no backlog
+            return 0
 
     def _guard_commits(self) -> None:
         """Route faust's transaction commits through :meth:`_commit_transactions`.
@@ -351,9 +373,11 @@ class TallyWorker:
         touched: dict[int, Ledgers] = defaultdict(dict)  # input partition -> its changed ledgers
         produced: dict[int, list[Output]] = defaultdict(list)  # input partition -> outputs
         forwards: list[Message] = []  # inputs off their patient's partition
+        delivered = self._delivered
         for event in events:
             msg = event.message
             p = msg.partition
+            delivered[msg.tp] = msg.offset + 1
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == self.control:
                 produced[p] += self._close(raw, msg, now, touched[p])
@@ -440,10 +464,11 @@ class TallyWorker:
 
     def _message(self, partition: int, out: Output) -> Message:
         """An output as a message on the input's partition number (outputs stay
-        co-partitioned with their patient)."""
+        co-partitioned with their patient), in CloudEvents structured mode (the
+        ``content-type: application/cloudevents+json`` header)."""
         self._count_output(out)
         topic = self.settings.topics.output_topic(out.kind)
-        return (topic, partition, out.key.encode(), out.to_json().encode(), None)
+        return (topic, partition, out.key.encode(), out.to_json().encode(), kafka_headers(out))
 
     def _transactional_id(self, partition: int) -> str:
         """The transactional id faust gives input partition ``partition`` (all input topics
@@ -635,10 +660,34 @@ class TallyWorker:
         """Every 5 s: state gauges, consumer lag and the stall watchdog, from one query of the
         owned input partitions' last stable offsets."""
         ends = await self._end_offsets()
+        if ends:
+            ends = await self._without_marker_tails(ends)
         try:
             self._state_metrics(ends)
         finally:  # a failing gauge must not starve the watchdog
             self._watchdog(ends)
+
+    async def _without_marker_tails(self, ends: dict[TP, int]) -> dict[TP, int]:
+        """End offsets with a trailing transaction marker taken off.
+
+        A transactional producer (an EHR's) ends a partition with its commit marker: an
+        offset without a record, which the group commits past only when a record follows.
+        Where everything delivered is committed and the fetch has passed the end, the
+        partition is drained: its end counts as the committed offset (else the lag gauge
+        would show 1 and the watchdog would take it for a stall)."""
+        consumer: Any = self.app.consumer
+        settled = dict(ends)
+        for tp, end in ends.items():
+            committed = self._committed(tp)
+            if not 0 < end - committed <= 10 or committed < self._delivered.get(tp, 0):
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # no verdict: keep the end as it is
+                continue
+            if position is not None and position >= end:
+                settled[tp] = committed
+        return settled
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:
         open_ = closed = archived = patients = 0

@@ -32,14 +32,48 @@ async def committed_lag(settings: Settings) -> int:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(settings.app_id)
-        lag = 0
+        behind: dict[TopicPartition, int] = {}
         for tp in tps:
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
+            if ends[tp] > done:
+                behind[tp] = done
+        lag = 0
+        for tp, done in behind.items():
+            gap = ends[tp] - done
+            # a transactional producer's commit marker ends the partition: an offset that holds
+            # no record, which the group never commits past until a record follows it
+            if gap <= 10 and not await _has_record(settings, tp, done, ends[tp]):
+                continue
+            lag += gap
         return lag
     finally:
         await admin.close()
+        await consumer.stop()
+
+
+async def _has_record(settings: Settings, tp: TopicPartition, start: int, end: int) -> bool:
+    """Whether ``tp`` holds a committed record in ``[start, end)`` (not only markers)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+        **aiokafka_kwargs(settings),
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            if any(m.offset < end for m in batch.get(tp, [])):
+                return True
+            if await consumer.position(tp) >= end:
+                return False
+        return True  # could not tell: count it as waiting
+    finally:
         await consumer.stop()
 
 
@@ -115,12 +149,13 @@ async def read_all(
 
 
 async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...]} as
-    published so far (the status feed in offset order per partition, before compaction)."""
+    """{"threshold": [...], "billing_record": [...], "dlq": [...], "status": [...],
+    "fhir_chargeitem": [...]} as published so far (the status feed in offset order per
+    partition, before compaction)."""
     t = settings.topics
     raw = await read_all(
         settings.kafka_bootstrap_servers,
-        [t.threshold, t.billing_record, t.dlq, t.tally_status],
+        [t.threshold, t.billing_record, t.dlq, t.tally_status, t.fhir_chargeitem],
         settings.partitions,
         security=aiokafka_kwargs(settings),
     )
@@ -129,4 +164,5 @@ async def read_outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         "billing_record": raw[t.billing_record],
         "dlq": raw[t.dlq],
         "status": raw[t.tally_status],
+        "fhir_chargeitem": raw[t.fhir_chargeitem],
     }

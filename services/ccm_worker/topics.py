@@ -3,6 +3,7 @@ status feed compacted."""
 
 from __future__ import annotations
 
+from ccm_core.asyncapi import MONTH_CLOSE_RETENTION_MS, STATUS_SEGMENT_MS
 from ccm_core.settings import Settings
 from ccm_localkafka.broker import create_topics_sync
 
@@ -21,6 +22,7 @@ def topic_plan(settings: Settings) -> tuple[dict[str, int], set[str]]:
         t.threshold: n,
         t.billing_record: n,
         t.dlq: n,
+        t.fhir_chargeitem: n,
         t.tally_status: n,
         changelog_topic_name(settings): n,
     }
@@ -31,7 +33,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the names created now."""
     plan, compacted = topic_plan(settings)
     # the control topic gets a timer tick per partition a minute: keep a week of it
-    week = str(7 * 24 * 3600 * 1000)
+    week = str(MONTH_CLOSE_RETENTION_MS)  # also in docs/asyncapi.yaml
     # the changelog gets one record per changed patient per batch; only closed segments are
     # compacted, so roll them often enough that recovery reads little beyond the live ledgers
     changelog = {
@@ -41,7 +43,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     }
     # the status feed: a record per changed patient-month per batch, read from the beginning
     # by every console replica; compact it as eagerly as the changelog
-    status = {"segment.ms": str(6 * 3600 * 1000), "min.cleanable.dirty.ratio": "0.2"}
+    status = {"segment.ms": str(STATUS_SEGMENT_MS), "min.cleanable.dirty.ratio": "0.2"}
     configs = {
         settings.topics.month_close: {"retention.ms": week},
         changelog_topic_name(settings): changelog,

@@ -934,12 +934,41 @@ class Envelope(_Wire, Generic[DataT]):
     data: SerializeAsAny[DataT]
 
 
+class FhirChargeItemEnvelope(_Wire):
+    """CloudEvents 1.0 structured-mode envelope of one FHIR R4 ``ChargeItem`` (topic
+    ``ccm.fhir-chargeitem.v1``): one per line of a billing record's revision. ``data`` is the
+    resource as FHIR JSON, built and validated with ``fhir.resources`` (``ccm_core.fhir``); its
+    full schema is the FHIR specification's (http://hl7.org/fhir/R4/chargeitem.html)."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = "ccm-tally"
+    type: Literal["org.ccmtally.fhir-chargeitem.v1"] = "org.ccmtally.fhir-chargeitem.v1"
+    subject: str
+    time: datetime
+    datacontenttype: Literal["application/fhir+json"] = "application/fhir+json"
+    dataschema: Literal["http://hl7.org/fhir/R4/chargeitem.html"] = (
+        "http://hl7.org/fhir/R4/chargeitem.html"
+    )
+    data: dict[str, Any] = Field(
+        description="FHIR R4 ChargeItem resource (JSON), resourceType 'ChargeItem'.",
+        json_schema_extra={
+            "required": ["resourceType", "id", "status", "code", "subject"],
+            "properties": {"resourceType": {"const": "ChargeItem"}},
+        },
+    )
+
+
 ThresholdEnvelope = Envelope[ThresholdEvent]
 BillingRecordEnvelope = Envelope[BillingRecord]
 RejectedInputEnvelope = Envelope[RejectedInput]
 TallyStatusEnvelope = Envelope[TallyStatus]
 OutputEnvelope = (
-    ThresholdEnvelope | BillingRecordEnvelope | RejectedInputEnvelope | TallyStatusEnvelope
+    ThresholdEnvelope
+    | BillingRecordEnvelope
+    | RejectedInputEnvelope
+    | TallyStatusEnvelope
+    | FhirChargeItemEnvelope
 )
 
 ENVELOPES: dict[type[BaseModel], type[OutputEnvelope]] = {

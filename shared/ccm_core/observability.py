@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, get_args
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+from .contracts import Outcome, Reason
+from .profiles import ProfileSet, load_profiles
+from .tally import CloseTrigger
 
 EVENTS = Counter(
     "ccm_events_total",
@@ -66,6 +71,46 @@ REROUTED = Counter(
     ["topic"],
 )
 ASSIGNED_PARTITIONS = Gauge("ccm_assigned_partitions", "Input partitions assigned to this worker.")
+
+
+MONTH_STATES = ("open", "closed", "archived")
+THRESHOLD_KINDS = ("reached", "revoked")
+
+
+def profile_codes(profiles: ProfileSet) -> set[str]:
+    """Every CPT code the configured payer profiles can bill."""
+    codes: set[str] = set()
+    for name in profiles.names():
+        profile = profiles.get(name)
+        if profile is not None:
+            codes |= {profile.entry_code, profile.addon_code}
+    return codes
+
+
+def initialize_labels(codes: Iterable[str] = ()) -> None:
+    """Create every labelled series whose label values are known in advance, at zero, so a
+    dashboard panel or an alert's ``rate()`` has a series before the first event of its kind
+    (``ccm_rejections_total{reason="month_archived"}`` is 0, not absent). Idempotent.
+
+    Done at import for the built-in payer profiles' codes; a worker that loads extra profiles
+    calls it again with ``profile_codes(config.profiles)``. ``ccm_consumer_lag_messages`` is the
+    one exception: its ``partition`` label exists only for partitions the worker is assigned.
+    """
+    for outcome in Outcome:
+        EVENTS.labels(outcome.value)
+    for reason in Reason:
+        REJECTIONS.labels(reason.value)
+    for trigger in get_args(CloseTrigger):
+        RECORDS.labels(trigger)
+    for state in MONTH_STATES:
+        PATIENT_MONTHS.labels(state)
+    for code in sorted(codes):
+        RECORD_LINES.labels(code)
+        for kind in THRESHOLD_KINDS:
+            THRESHOLDS.labels(code, kind)
+
+
+initialize_labels(profile_codes(load_profiles()))
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:

@@ -15,6 +15,7 @@ from .contracts import (
     ConsentWithdrawn,
     EligibilityAttested,
     Envelope,
+    FhirChargeItemEnvelope,
     MonthCloseCommand,
     RejectedInput,
     TallyStatus,
@@ -34,6 +35,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "threshold.v1": Envelope[ThresholdEvent],
     "billing_record.v1": Envelope[BillingRecord],
     "rejected_input.v1": Envelope[RejectedInput],
+    "fhir_chargeitem.v1": FhirChargeItemEnvelope,
     "tally_status.v1": Envelope[TallyStatus],
 }
 

@@ -23,6 +23,7 @@ class Topics(BaseSettings):
     threshold: str = "ccm.threshold.v1"
     billing_record: str = "ccm.billing-record.v1"
     dlq: str = "ccm.timelog.dlq.v1"
+    fhir_chargeitem: str = "ccm.fhir-chargeitem.v1"
     enrollment: str = "ccm.enrollment.v1"  # input: consent, eligibility, other codes billed
     tally_status: str = "ccm.tally-status.v1"  # compacted: latest status per patient-month
 
@@ -36,6 +37,7 @@ class Topics(BaseSettings):
             "threshold": self.threshold,
             "billing_record": self.billing_record,
             "rejected": self.dlq,
+            "fhir_chargeitem": self.fhir_chargeitem,
             "status": self.tally_status,
         }
         return topics[kind]
@@ -49,6 +51,7 @@ class Topics(BaseSettings):
             threshold=f"{prefix}.threshold",
             billing_record=f"{prefix}.billing-record",
             dlq=f"{prefix}.dlq",
+            fhir_chargeitem=f"{prefix}.fhir-chargeitem",
             enrollment=f"{prefix}.enrollment",
             tally_status=f"{prefix}.tally-status",
         )
@@ -78,6 +81,11 @@ class Settings(BaseSettings):
     batch_within_seconds: Annotated[float, Field(gt=0)] = Field(
         default=0.02,
         description="Longest wait to fill a batch before processing what arrived.",
+    )
+    commit_max_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.25,
+        description="With input waiting (a backlog), batches share a transaction for up to "
+        "this long before it commits; without a backlog every batch commits at once.",
     )
     broker_wait_seconds: Annotated[float, Field(ge=0)] = Field(
         default=120.0,

@@ -67,6 +67,7 @@ from .contracts import (
     TimeLogVoided,
     VoidReason,
 )
+from .fhir import charge_item_envelopes
 from .months import (
     add_months,
     close_deadline,
@@ -81,7 +82,7 @@ MonthKey = tuple[str, str]
 """(practice_id, service_month)"""
 
 CloseTrigger = Literal["timer", "command", "late_event", "replay"]
-OutputKind = Literal["threshold", "billing_record", "rejected", "status"]
+OutputKind = Literal["threshold", "billing_record", "rejected", "fhir_chargeitem", "status"]
 
 
 def stable_id(*parts: object) -> str:
@@ -1217,7 +1218,16 @@ class TallyEngine:
         )
         oid = stable_id("record", record.record_id, tally.revision)
         subject = f"{patient_id}/{tally.practice_id}/{tally.service_month}"
-        return [Output("billing_record", patient_id, envelope(record, oid, subject, at))]
+        outputs = [Output("billing_record", patient_id, envelope(record, oid, subject, at))]
+        # the same revision as FHIR ChargeItems, one per line; a re-issue supersedes the
+        # profile's codes it no longer bills (ccm_core.fhir explains why all of them)
+        profile = self._profile_of(tally)
+        superseded = (profile.entry_code, profile.addon_code) if record.revision > 0 else ()
+        outputs += [
+            Output("fhir_chargeitem", patient_id, item)
+            for item in charge_item_envelopes(record, subject, superseded)
+        ]
+        return outputs
 
     def record_body(
         self, patient_id: str, tally: MonthTally, ledger: PatientLedger | None = None

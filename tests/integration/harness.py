@@ -32,6 +32,7 @@ class Stack:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
+    stall_exit_seconds: float = 30.0  # the stall watchdog; tests of it shorten it
     security: dict[str, Any] = field(default_factory=dict)
     """Settings fields for TLS/SASL/HTTP auth (``kafka_security_protocol`` ...), e.g. from
     the ``kafka_secure`` fixture; ``bootstrap`` is then the secure listener."""
@@ -52,6 +53,7 @@ class Stack:
             topics=self.topics,
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
+            stall_exit_seconds=self.stall_exit_seconds,
             **self._auth_and_security(),
         )
 

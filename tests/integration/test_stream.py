@@ -77,12 +77,14 @@ def replayed(events: list[tuple[bytes, bytes]]) -> dict[str, list[dict[str, Any]
         "threshold": [],
         "billing_record": [],
         "dlq": [],
+        "fhir_chargeitem": [],
         "status": [],
     }
     names = {
         "threshold": "threshold",
         "billing_record": "billing_record",
         "rejected": "dlq",
+        "fhir_chargeitem": "fhir_chargeitem",
         "status": "status",
     }
     for offset, (_, value) in enumerate(events):
@@ -175,6 +177,11 @@ def test_month_through_stream_matches_replay(kafka_bootstrap: str, tmp_path: Pat
         assert len(ids) == len(set(ids)), kind
     # records on the stream are exactly the replay's, revision 0 ids included
     assert {e["id"] for e in stream["billing_record"]} == {e["id"] for e in core["billing_record"]}
+    # and so are their FHIR ChargeItems, published with no wiring beyond Topics.output_topic
+    assert core["fhir_chargeitem"], "billable records must give ChargeItems"
+    assert sorted(map(json.dumps, stream["fhir_chargeitem"])) == sorted(
+        map(json.dumps, core["fhir_chargeitem"])
+    )
     # every input is accounted for in the metrics
     assert events_seen(metrics) == len(events)
     assert "patient_id" not in metrics  # no PHI as a label
@@ -506,3 +513,44 @@ def test_timer_archives_months_past_their_filing_window(
     assert reasons_first == ["month_archived"]
     assert [d["data"]["reason"] for d in stream["dlq"]] == ["month_archived"] * 2
     assert first.errors() == [] and second.errors() == []
+
+
+def test_input_from_a_transactional_producer_is_drained_without_a_stall(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """An EHR that writes its logs in Kafka transactions ends each partition with a commit
+    marker, an offset without a record that the group never commits past: the input still
+    counts as processed, and the stall watchdog does not take it for a stall."""
+    events = simulated(patients=60, seed=41)
+    stack = Stack(kafka_bootstrap, partitions=2, stall_exit_seconds=6.0)
+    stack.create_topics()
+
+    async def produce_in_transactions() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=stack.bootstrap, transactional_id=f"ehr-{stack.name}"
+        )
+        await producer.start()
+        try:
+            for i in range(0, len(events), 100):
+                async with producer.transaction():
+                    for key, value in events[i : i + 100]:
+                        await producer.send(stack.topics.timelog, value, key=key)
+        finally:
+            await producer.stop()
+
+    worker = WorkerProcess(stack, tmp_path, "txn").start()
+    try:
+        import asyncio
+
+        asyncio.run(produce_in_transactions())
+        wait_processed(stack)
+        time.sleep(3 * stack.stall_exit_seconds)  # room for the watchdog to misfire
+        assert worker.restarts == 0, f"worker exited {worker.exit_codes}:\n{worker.tail()}"
+        send_close(stack, CLOSE_ALL_DUE)
+        wait_processed(stack)
+        stream = collect(stack)
+    finally:
+        worker.stop()
+    assert_agrees_with_replay(stream, replayed(events))

@@ -306,7 +306,11 @@ def test_rule_6_closing_a_closed_month_again_emits_nothing() -> None:
     """Rule 6: a closed month is never silently re-closed or changed."""
     harness = Harness()
     harness.feed(log("a", local(10), 60))
-    assert [o.kind for o in harness.close()] == ["billing_record", "status"]
+    assert sorted(o.kind for o in harness.close()) == [
+        "billing_record",
+        "fhir_chargeitem",
+        "status",
+    ]
     assert harness.close(as_of=CLOSE_AT + timedelta(days=3)) == []
     assert harness.close_all(as_of=CLOSE_AT + timedelta(days=4)) == []
 
@@ -320,9 +324,8 @@ def test_rule_6_due_close_waits_for_month_end_plus_grace() -> None:
     early = MonthCloseCommand(command_id="t1", mode="due", as_of=deadline - timedelta(seconds=1))
     due = MonthCloseCommand(command_id="t2", mode="due", as_of=deadline)
     assert harness.local.close(early) == []
-    [out, status] = harness.local.close(due)
-    assert out.kind == "billing_record"
-    assert status.kind == "status"
+    closed = harness.local.close(due)
+    assert sorted(o.kind for o in closed) == ["billing_record", "fhir_chargeitem", "status"]
 
 
 # ------------------------------------------------------------------ determinism
@@ -351,7 +354,7 @@ def test_rule_6_same_input_gives_the_same_output_ids_and_content() -> None:
     ids = [o.envelope.id for o in one.outputs]
     assert len(ids) == len(set(ids))
     kinds = {o.kind for o in one.outputs}
-    assert kinds == {"threshold", "billing_record", "rejected", "status"}
+    assert kinds == {"threshold", "billing_record", "rejected", "status", "fhir_chargeitem"}
 
 
 @pytest.mark.parametrize(("other_patient", "other_month"), [("pat-2", MARCH), (PATIENT, "2026-04")])

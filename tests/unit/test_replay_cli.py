@@ -86,7 +86,8 @@ def test_replay_summary_line_is_on_stderr_only(
     """Replay: one summary line on stderr; stdout is only JSON envelopes."""
     assert_summary(replay.stderr)
     assert "replay:" not in replay.stdout
-    assert len(envelopes) == 11 + 7 + 8
+    # 11 threshold events, 7 records, 8 dead letters, 8 FHIR ChargeItems (one per record line)
+    assert len(envelopes) == 11 + 7 + 8 + 8
     assert all(e["specversion"] == "1.0" and e["id"] for e in envelopes)
     assert len({e["id"] for e in envelopes}) == len(envelopes)
 

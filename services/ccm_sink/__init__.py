@@ -1,0 +1,1 @@
+"""Reference consumers of ccm-tally's outputs (``ccm-tally sink postgres``)."""

@@ -1,16 +1,27 @@
-"""``ccm-tally``: one entry point, one subcommand per thing a person does."""
+"""``ccm-tally``: one entry point, one subcommand per thing a person does.
+
+A mistake a person can fix (a missing file, a bad option, no broker) is reported as one line
+on stderr with a non-zero exit, never a traceback: commands raise :class:`CliError`, and the
+argument parser reports its own errors on one line too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tomllib
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import IO, NoReturn, cast
+
+from pydantic import ValidationError
 
 from ccm_core import asyncapi
-from ccm_core.config import load_config
+from ccm_core.config import CoreConfig, load_config
 from ccm_core.contracts import BillingRecordEnvelope, Outcome
 from ccm_core.fhir import charge_items, latest_records, transaction_bundle
 from ccm_core.ingest import LocalTally
@@ -20,6 +31,53 @@ from ccm_core.tally import Output, TallyEngine, coalesce_status
 
 from .progress import Progress, add_progress_flag, wanted
 
+USAGE_EXIT_CODE = 2
+
+
+class CliError(Exception):
+    """A problem a person can fix, shown as one line (``ccm-tally CMD: error: ...``)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def os_reason(exc: OSError) -> str:
+    """``No such file or directory`` rather than ``[Errno 2] No such file or directory: 'x'``."""
+    return exc.strerror or type(exc).__name__
+
+
+def validation_line(err: ValidationError) -> str:
+    """The first error of a pydantic validation, on one line: ``field: message``."""
+    first = err.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def config_from_args(profiles: Path | None, practices: Path | None) -> CoreConfig:
+    """Payer profiles and practice settings, or a :class:`CliError` naming the bad file."""
+    for flag, path in (("--profiles", profiles), ("--practices", practices)):
+        if path is not None and not path.is_file():
+            state = "is a directory" if path.is_dir() else "does not exist"
+            raise CliError(f"{flag} {path} {state}", USAGE_EXIT_CODE)
+    try:
+        return load_config(profiles, practices)
+    except OSError as exc:
+        raise CliError(f"cannot read a configuration file: {os_reason(exc)}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"a configuration file is not valid TOML: {exc}") from None
+    except ValidationError as err:
+        raise CliError(f"invalid configuration: {validation_line(err)}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"invalid configuration: {exc}") from None
+
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiles", type=Path, help="extra payer profiles (TOML)")
@@ -28,16 +86,50 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 def aware_datetime(text: str) -> datetime:
     """An ISO 8601 timestamp that must carry a UTC offset (records never lose their zone)."""
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-04-06T00:00:00Z)"
+        ) from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. 2026-04-06T00:00Z)")
     return moment
 
 
+def service_month(text: str) -> str:
+    """``YYYY-MM``, two-digit month (``2026-03``, not ``2026-3``)."""
+    if not re.fullmatch(r"20[0-9]{2}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month YYYY-MM (e.g. 2026-03)")
+    return text
+
+
+def web_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
+
+
+def _open_input(path: Path) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {os_reason(exc)}") from None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    engine = TallyEngine(load_config(args.profiles, args.practices))
+    engine = TallyEngine(config_from_args(args.profiles, args.practices))
     tally = LocalTally(engine)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    src = _open_input(args.events)
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        src.close()
+        raise CliError(f"cannot write {args.out}: {os_reason(exc)}") from None
     counts = {"threshold": 0, "billing_record": 0, "rejected": 0, "fhir_chargeitem": 0, "status": 0}
     statuses: list[Output] = []  # --status: the last of each patient-month, written at the end
 
@@ -51,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out.write(output.to_json() + "\n")
 
     try:
-        with open(args.events, "rb") as src:
+        with src:
             for output in tally.feed_lines(src, name=str(args.events)):
                 write([output])
         if not args.no_close:
@@ -60,6 +152,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for output in coalesce_status(statuses):
             counts["status"] += 1
             out.write(output.to_json() + "\n")
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise CliError(f"replay failed on {args.events}: {os_reason(exc)}") from None
     finally:
         if out is not sys.stdout:
             out.close()
@@ -86,18 +182,25 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
     progress = Progress("export fhir", "lines read", enabled=wanted(args.progress))
     records = []
     skipped = 0
-    with open(args.records, "rb") as src:
-        for line in src:
+    with _open_input(args.records) as src:  # issue 8: one line, not a traceback
+        for number, line in enumerate(src, start=1):
             progress.add()
             if not line.strip():
                 continue
             if b'"org.ccmtally.billing-record.v1"' not in line:
                 skipped += 1  # other outputs of a replay (thresholds, dead letters, FHIR)
                 continue
-            records.append(BillingRecordEnvelope.model_validate_json(line).data)
+            try:
+                records.append(BillingRecordEnvelope.model_validate_json(line).data)
+            except ValidationError as err:
+                where = f"{args.records} line {number}"
+                raise CliError(f"{where} is not a billing record: {validation_line(err)}") from None
     items = [item for rec, gone in latest_records(records) for item in charge_items(rec, gone)]
     progress.done(f"{len(records):,} records, {len(items):,} ChargeItems")
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {os_reason(exc)}") from None
     try:
         if args.format == "ndjson":
             for item in items:
@@ -117,15 +220,18 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_export(args: argparse.Namespace) -> int:
-    args.dir.mkdir(parents=True, exist_ok=True)
-    for name, schema in all_schemas().items():
-        path = args.dir / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        print(path)
-    target = args.asyncapi or args.dir / "asyncapi.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(asyncapi_yaml(), encoding="utf-8")
-    print(target)
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        for name, schema in all_schemas().items():
+            path = args.dir / f"{name}.schema.json"
+            path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            print(path)
+        target = args.asyncapi or args.dir / "asyncapi.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(asyncapi_yaml(), encoding="utf-8")
+        print(target)
+    except OSError as exc:
+        raise CliError(f"cannot write into {args.dir}: {os_reason(exc)}") from None
     return 0
 
 
@@ -164,7 +270,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ccm-tally",
         description="Complex CCM (CPT 99487/99489) time tally: stream worker, replay, tools.",
     )
@@ -237,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ccm_sink.cli import add_sink_commands
 
-    add_sink_commands(sub)
+    # the sink's parsers are _Parser too (one-line errors); its signature names the base class
+    add_sink_commands(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
 
     try:
         from ccm_worker.cli import add_commands
@@ -251,7 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except CliError as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `ccm-tally replay f | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     return code
 
 

@@ -243,6 +243,9 @@ def run_simulator(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
             return 130
+        except OSError as exc:
+            print(f"simulate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         progress.done()
         elapsed = time.perf_counter() - started
         total = sum(counted.kinds.values())
@@ -280,6 +283,19 @@ def run_simulator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    from ccm_worker.connect import (
+        BROKER_UNAVAILABLE_EXIT_CODE,
+        BrokerUnreachableError,
+        broker_wait_seconds,
+        wait_for_broker,
+    )
+
+    try:
+        wait = broker_wait_seconds()
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+
     enrollment: list[SimEvent] = []
 
     def time_logs() -> Iterator[SimEvent]:
@@ -290,25 +306,33 @@ def run_simulator(args: argparse.Namespace) -> int:
             else:
                 yield event
 
-    try:
+    async def run() -> ProduceStats:
+        # bounded: one clear line when there is no broker
+        await wait_for_broker(bootstrap, wait, **security)
         callback = report if show_progress else None
-        stats = asyncio.run(
-            produce(bootstrap, args.topic, time_logs(), args.rate, callback, security=security)
+        stats = await produce(
+            bootstrap, args.topic, time_logs(), args.rate, callback, security=security
         )
         if enrollment:
-            more = asyncio.run(
-                produce(bootstrap, args.enrollment_topic, enrollment, args.rate, security=security)
+            more = await produce(
+                bootstrap, args.enrollment_topic, enrollment, args.rate, security=security
             )
             stats.sent += more.sent
             stats.failed += more.failed
             stats.errors += more.errors
+        return stats
+
+    try:
+        stats = asyncio.run(run())
+    except BrokerUnreachableError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return BROKER_UNAVAILABLE_EXIT_CODE
     except KeyboardInterrupt:
         print(f"simulate: interrupted after {counted.summary()}", file=sys.stderr)
         return 130
-    except Exception as exc:  # broker unreachable, authorization, ...
-        print(
-            f"simulate: Kafka at {bootstrap} failed: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
+    except Exception as exc:  # authorization, a missing topic, the broker gone meanwhile ...
+        detail = (str(exc) or type(exc).__name__).splitlines()[0]
+        print(f"simulate: Kafka at {bootstrap} failed: {detail}", file=sys.stderr)
         return 1
     errors = f"; errors: {' | '.join(stats.errors)}" if stats.errors else ""
     print(

@@ -12,11 +12,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ccm_cli.main import aware_datetime
+from ccm_cli.main import (
+    USAGE_EXIT_CODE,
+    CliError,
+    aware_datetime,
+    config_from_args,
+    service_month,
+    validation_line,
+    web_port,
+)
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 
-from .kafka_security import SECURITY_FLAGS, KafkaSecurityError, add_security_args, preflight
+from .connect import BROKER_UNAVAILABLE_EXIT_CODE, BrokerUnreachableError, ensure_broker
+from .kafka_security import (
+    SECURITY_FLAGS,
+    KafkaSecurityError,
+    add_security_args,
+    aiokafka_kwargs,
+    preflight,
+)
 
 _FLAG_SETTINGS = (
     ("bootstrap_servers", "kafka_bootstrap_servers"),
@@ -33,7 +48,7 @@ _FLAG_SETTINGS = (
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Environment (CCM_*) first, then explicit flags on top; validated as a whole, and the
     security files read once (an inconsistent setting or a missing file is an error here, not
-    a failed connection later)."""
+    a failed connection later). A problem exits at once: one line, exit 1."""
     overrides: dict[str, Any] = {}
     for flag, name in _FLAG_SETTINGS:
         value = getattr(args, flag, None)
@@ -54,6 +69,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"ccm-tally: invalid settings: {problems}") from None
 
 
+def require_broker(settings: Settings) -> None:
+    """Wait up to ``broker_wait_seconds`` for the broker, else one line and exit 69."""
+    try:
+        ensure_broker(
+            settings.kafka_bootstrap_servers,
+            settings.broker_wait_seconds,
+            **aiokafka_kwargs(settings),
+        )
+    except BrokerUnreachableError as exc:
+        raise CliError(str(exc), BROKER_UNAVAILABLE_EXIT_CODE) from None
+
+
 def _kafka_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-servers",
@@ -66,13 +93,17 @@ def _kafka_args(parser: argparse.ArgumentParser) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .runner import run_worker
 
-    return run_worker(settings_from_args(args))
+    settings = settings_from_args(args)
+    config_from_args(settings.profiles_file, settings.practices_file)  # fail fast, one line
+    require_broker(settings)
+    return run_worker(settings)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from .topics import ensure_topics, topic_plan
 
     settings = settings_from_args(args)
+    require_broker(settings)
     created = ensure_topics(settings)
     plan, compacted = topic_plan(settings)
     for name, partitions in plan.items():
@@ -97,7 +128,10 @@ async def send_close(settings: Settings, command: MonthCloseCommand) -> int:
     await producer.start()
     try:
         topic = settings.topics.month_close
-        partitions = sorted(await producer.partitions_for(topic))
+        found = await producer.partitions_for(topic)
+        if not found:
+            raise CliError(f"topic {topic} does not exist (create it: ccm-tally topics)")
+        partitions = sorted(found)
         payload = command.model_dump_json().encode()
         futures = [await producer.send(topic, payload, partition=p) for p in partitions]
         await asyncio.gather(*futures)
@@ -107,15 +141,23 @@ async def send_close(settings: Settings, command: MonthCloseCommand) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
+    if args.month and not args.practice:
+        raise CliError("--month needs --practice (the practice whose month to close)", 2)
+    if args.due and args.practice:
+        raise CliError("--due closes every practice's due months: drop --practice", 2)
     settings = settings_from_args(args)
-    command = MonthCloseCommand(
-        command_id=args.command_id or f"close-{uuid.uuid4()}",
-        mode="due" if args.due else "month",
-        practice_id=args.practice,
-        service_month=args.month,
-        as_of=args.as_of or datetime.now(UTC),
-        requested_by=args.requested_by,
-    )
+    try:
+        command = MonthCloseCommand(
+            command_id=args.command_id or f"close-{uuid.uuid4()}",
+            mode="due" if args.due else "month",
+            practice_id=args.practice,
+            service_month=args.month,
+            as_of=args.as_of or datetime.now(UTC),
+            requested_by=args.requested_by,
+        )
+    except ValidationError as err:
+        raise CliError(f"invalid close command: {validation_line(err)}", USAGE_EXIT_CODE) from None
+    require_broker(settings)
     sent = asyncio.run(send_close(settings, command))
     print(f"close command {command.command_id} sent to {sent} partitions", file=sys.stderr)
     return 0
@@ -132,7 +174,7 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     worker = sub.add_parser("worker", help="run the tally worker against Kafka")
     _kafka_args(worker)
     config_args(worker)
-    worker.add_argument("--web-port", type=int, help="metrics/health/look-up port (6066)")
+    worker.add_argument("--web-port", type=web_port, help="metrics/health/look-up port (6066)")
     worker.add_argument("--close-tick-seconds", type=float, help="month-close timer period")
     worker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)
@@ -144,7 +186,9 @@ def add_commands(sub: Any, config_args: Callable[[argparse.ArgumentParser], None
     close = sub.add_parser("close", help="close a practice's month now (or all due months)")
     _kafka_args(close)
     target = close.add_mutually_exclusive_group(required=True)
-    target.add_argument("--month", help="service month YYYY-MM (with --practice)")
+    target.add_argument(
+        "--month", type=service_month, help="service month YYYY-MM (with --practice)"
+    )
     target.add_argument("--due", action="store_true", help="close every month past its grace")
     close.add_argument("--practice", help="practice id")
     close.add_argument("--as-of", type=aware_datetime, help="close time (default now)")

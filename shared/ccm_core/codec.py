@@ -3,6 +3,10 @@
 Positional JSON arrays rather than objects: a patient-month with twenty logs stays a few KB on
 the changelog and decodes without per-field key look-ups. ``v`` guards the layout; a reader
 refuses a layout it does not know rather than guessing.
+
+Every integer written is a JSON integer within 64 bits whatever the timestamps (layout 3 stores
+a log's fingerprint as its two parts: layouts 1 and 2 packed ``recorded_at << 33`` into one
+integer, which no longer fits 64 bits from 2038-01-19T03:14:08Z on, nor before 1901-12-13).
 """
 
 from __future__ import annotations
@@ -12,15 +16,27 @@ from typing import Any
 import orjson
 
 from .contracts import Activity, Role, VoidReason
-from .tally import EnrollmentEntry, LogEntry, MonthTally, PatientLedger, VoidEntry, shared
+from .tally import (
+    FINGERPRINT_NOTE_BITS,
+    EnrollmentEntry,
+    LogEntry,
+    MonthTally,
+    PatientLedger,
+    VoidEntry,
+    shared,
+)
 
-LAYOUT_VERSION = 3  # 2 added archived months ("ar"), 3 enrollment events ("en"); 1, 2 load
+# Layout 2 added archived months ("ar"). Layout 3 is one layout for two changes: a log's
+# fingerprint as [recorded_at, note crc] and enrollment events ("en").
+LAYOUT_VERSION = 3
+KNOWN_LAYOUTS = (1, 2, LAYOUT_VERSION)  # all still load
+_NOTE_MASK = (1 << FINGERPRINT_NOTE_BITS) - 1
 
 
 def _log(e: LogEntry) -> list[Any]:
     return [
         e.event_id,
-        e.fingerprint,
+        [e.fingerprint >> FINGERPRINT_NOTE_BITS, e.fingerprint & _NOTE_MASK],
         e.start,
         e.end,
         e.staff_id,
@@ -36,10 +52,18 @@ def _log(e: LogEntry) -> list[Any]:
     ]
 
 
+def _fingerprint(value: Any) -> int:
+    """Layout 3 writes ``[recorded_at, note crc]``; layouts 1 and 2 the packed integer."""
+    if isinstance(value, list):
+        recorded, crc = value
+        return int((recorded << FINGERPRINT_NOTE_BITS) | crc)
+    return int(value)
+
+
 def _unlog(a: list[Any]) -> LogEntry:
     return LogEntry(
         a[0],
-        a[1],
+        _fingerprint(a[1]),
         a[2],
         a[3],
         shared(a[4]),
@@ -136,7 +160,7 @@ def ledger_to_dict(ledger: PatientLedger) -> dict[str, Any]:
 
 
 def ledger_from_dict(data: dict[str, Any]) -> PatientLedger:
-    if data.get("v") not in (1, 2, LAYOUT_VERSION):
+    if data.get("v") not in KNOWN_LAYOUTS:
         raise ValueError(f"unknown ledger layout {data.get('v')!r}")
     ledger = PatientLedger(data["p"], partition=data["pt"])
     for raw in data["m"]:

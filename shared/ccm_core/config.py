@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .contracts import MAX_MINUTES
 from .profiles import ProfileSet, load_profiles
 
 DateOfServicePolicy = Literal["last_day_of_month", "threshold_met"]
@@ -23,7 +24,7 @@ class PracticeSettings(BaseModel):
     time_zone: str = "America/Detroit"
     close_grace_days: Annotated[int, Field(ge=0, le=60)] = 5
     date_of_service_policy: DateOfServicePolicy = "last_day_of_month"
-    max_log_minutes: Annotated[int, Field(gt=0)] = 480
+    max_log_minutes: Annotated[int, Field(gt=0, le=MAX_MINUTES)] = 480  # the wire's bound
     timely_filing_months: Annotated[int, Field(gt=0)] = 12
     clock_skew_minutes: Annotated[int, Field(ge=0)] = 10
     enrollment_feed: bool = True

@@ -14,35 +14,270 @@ routed, counted and explained. Custom validators raise ``PydanticCustomError`` w
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     SerializeAsAny,
+    Strict,
+    StrictBool,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 SCHEMA_VERSION = 1
 
+# --------------------------------------------------------------------------------------------
+# Strict scalar types of the inputs. Each one is checked with exactly the rule its JSON Schema
+# states (``WithJsonSchema``), so that the service accepts what the published
+# schema accepts and nothing else (tests/unit/test_schema_oracle.py checks it with the
+# independent ``jsonschema`` validator). Patterns are written for every regex dialect a schema
+# consumer may use (ECMA 262, Python ``re``): ASCII classes only, ``[0-9]`` rather than ``\d``
+# (Unicode digits elsewhere), and ``"not": {"pattern": "\\n"}`` beside each anchored pattern,
+# because ``$`` in Python's ``re`` (which ``jsonschema`` uses) also matches before a final
+# newline. The patterns run in pydantic-core (Rust regex, where ``$`` is the end of the text),
+# not in Python: validation stays off the interpreter on the hot path.
+# --------------------------------------------------------------------------------------------
+
+_NO_NEWLINE: dict[str, Any] = {"pattern": r"\n"}
+
+ID_PATTERN = r"[!-~]{1,128}"
+"""Ids: 1-128 printable ASCII characters, no space (like FHIR ids: opaque, safe in any log)."""
+
+
 Identifier = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^\S+$"),
+    Strict(),
+    StringConstraints(pattern=f"^{ID_PATTERN}$"),  # checked by pydantic-core (Rust regex)
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": f"^{ID_PATTERN}$",
+            "not": _NO_NEWLINE,
+        }
+    ),
 ]
-"""An opaque id (event, patient, practice, staff): 1-128 characters without white space."""
+"""An opaque id (event, patient, practice, staff): 1-128 printable ASCII characters, no space
+(no control character, no NUL, nothing outside ASCII)."""
 
-ServiceMonth = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
-"""A calendar month, ``YYYY-MM``, in the practice's local time zone."""
+MIN_YEAR, MAX_YEAR = 2000, 2099
+"""Timestamps are accepted from 2000-01-01 to 2099-12-31 (the year as written, before the
+offset is applied): anything else is a typo or a broken clock, not a care-management log."""
 
-FreeText = Annotated[str, StringConstraints(max_length=4000)]
+_DAY = (
+    r"(?:20[0-9]{2}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    r"|20(?:0[048]|[2468][048]|[13579][26])-02-29)"
+)
+TIMESTAMP_PATTERN = (
+    _DAY + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
+)
+"""RFC 3339 date-time with seconds and a UTC offset (``Z`` or ``±hh:mm`` up to 14 hours),
+optional fraction of 1-6 digits, a real calendar date in 2000-2099."""
+
+
+def _in_range(value: datetime) -> datetime:
+    """An aware datetime given by a Python caller: the same rules as the wire's text."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise PydanticCustomError("timestamp_without_offset", "must carry a UTC offset")
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise PydanticCustomError(
+            "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+        )
+    return value
+
+
+class _Rfc3339:
+    """The wire form of a timestamp: the text must match ``TIMESTAMP_PATTERN``, then it is
+    parsed; both steps run in pydantic-core (no Python call per field on the hot path).
+    Python callers may also give an aware ``datetime``."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        wire = core_schema.chain_schema(
+            [
+                core_schema.str_schema(pattern=f"^{TIMESTAMP_PATTERN}$", strict=True),
+                core_schema.datetime_schema(tz_constraint="aware"),
+            ]
+        )
+        python = core_schema.union_schema(
+            [
+                core_schema.no_info_after_validator_function(
+                    _in_range, core_schema.datetime_schema(strict=True)
+                ),
+                wire,
+            ],
+            mode="left_to_right",
+        )
+        return core_schema.json_or_python_schema(json_schema=wire, python_schema=python)
+
+
+Timestamp = Annotated[
+    datetime,
+    _Rfc3339(),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": f"^{TIMESTAMP_PATTERN}$",
+            "not": _NO_NEWLINE,
+        }
+    ),
+]
+"""An instant with its UTC offset, years 2000-2099 (see ``TIMESTAMP_PATTERN``)."""
+
+DATE_PATTERN = _DAY
+"""A calendar date ``YYYY-MM-DD`` (RFC 3339 full-date), a real date in 2000-2099."""
+
+
+def _day_in_range(value: date) -> date:
+    """A ``date`` given by a Python caller: the same rule as the wire's text (not a datetime)."""
+    if isinstance(value, datetime):
+        raise PydanticCustomError("invalid_field", "must be a date, not a date-time")
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise PydanticCustomError(
+            "timestamp_out_of_range", f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+        )
+    return value
+
+
+class _Rfc3339Date:
+    """The wire form of a date: the text must match ``DATE_PATTERN`` (no coercion: a number or
+    a date-time is not a date), then it is parsed, both in pydantic-core. Python callers may
+    also give a ``date``."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        wire = core_schema.chain_schema(
+            [
+                core_schema.str_schema(pattern=f"^{DATE_PATTERN}$", strict=True),
+                core_schema.date_schema(),
+            ]
+        )
+        python = core_schema.union_schema(
+            [
+                core_schema.no_info_after_validator_function(
+                    _day_in_range, core_schema.date_schema(strict=True)
+                ),
+                wire,
+            ],
+            mode="left_to_right",
+        )
+        return core_schema.json_or_python_schema(json_schema=wire, python_schema=python)
+
+
+Day = Annotated[
+    date,
+    _Rfc3339Date(),
+    WithJsonSchema(
+        {"type": "string", "format": "date", "pattern": f"^{DATE_PATTERN}$", "not": _NO_NEWLINE}
+    ),
+]
+"""A local calendar date, ``YYYY-MM-DD``, years 2000-2099 (see ``DATE_PATTERN``)."""
+
+MAX_MINUTES = 1440
+"""No single log lasts more than a day (a practice's own bound, ``max_log_minutes``, is lower:
+480 by default). Beyond it ``minutes`` is rejected as ``duration_exceeds_bound``."""
+
+
+def _json_integer(value: object) -> object:
+    """JSON has one number type: 30 and 30.0 are the same integer (as JSON Schema says), but
+    ``true`` or ``"30"`` are not numbers. Integral floats become ints; the rest is left to the
+    strict validator, which rejects it."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("invalid_field", "must be a number, not true or false")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _minutes(value: object) -> object:
+    """``minutes``, in one Python call (the hot path): a JSON integer (30.0 is 30), in range.
+    Anything else is left to the strict int validator, which rejects it."""
+    value = _json_integer(value)
+    if isinstance(value, int):
+        if value <= 0:
+            raise PydanticCustomError("non_positive_minutes", "must be greater than 0")
+        if value > MAX_MINUTES:
+            raise PydanticCustomError(
+                "duration_exceeds_bound", f"a single log may not exceed {MAX_MINUTES} minutes"
+            )
+    return value
+
+
+Minutes = Annotated[
+    int,
+    Strict(),
+    BeforeValidator(_minutes),
+    WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": MAX_MINUTES}),
+]
+
+ConditionCount = Annotated[
+    int,
+    Strict(),
+    BeforeValidator(_json_integer),
+    Field(ge=0, le=100),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 100}),
+]
+"""A count of chronic conditions (an attestation): a JSON integer 0-100, not true or "2"."""
+
+
+def _schema_version(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("unsupported_schema_version", "schema_version must be 1")
+    return _json_integer(value)
+
+
+SchemaVersion = Annotated[
+    Literal[1],
+    BeforeValidator(_schema_version),
+    WithJsonSchema({"type": "integer", "const": 1}),
+]
+
+PAYER_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+
+
+Payer = Annotated[
+    str,
+    Strict(),
+    StringConstraints(pattern=f"^{PAYER_PATTERN}$"),
+    WithJsonSchema(
+        {"type": "string", "maxLength": 64, "pattern": f"^{PAYER_PATTERN}$", "not": _NO_NEWLINE}
+    ),
+]
+
+SERVICE_MONTH_PATTERN = r"20[0-9]{2}-(?:0[1-9]|1[0-2])"
+
+
+ServiceMonth = Annotated[
+    str,
+    Strict(),
+    StringConstraints(pattern=f"^{SERVICE_MONTH_PATTERN}$"),
+    WithJsonSchema({"type": "string", "pattern": f"^{SERVICE_MONTH_PATTERN}$", "not": _NO_NEWLINE}),
+]
+"""A calendar month, ``YYYY-MM`` (years 2000-2099), in the practice's local time zone."""
+
+
+FreeText = Annotated[str, Strict(), StringConstraints(max_length=4000)]
+StaffName = Annotated[str, Strict(), StringConstraints(max_length=200)]
+Credentials = Annotated[str, Strict(), StringConstraints(max_length=64)]
+RequestedBy = Annotated[str, Strict(), StringConstraints(max_length=128)]
 
 
 class Role(StrEnum):
@@ -106,6 +341,8 @@ class Reason(StrEnum):
     MISSING_DURATION = "missing_duration"
     END_BEFORE_START = "end_before_start"
     MINUTES_END_MISMATCH = "minutes_end_mismatch"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # outside the years 2000-2099
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # more bytes than the service reads
     INCONSISTENT_LICENSURE = "inconsistent_licensure"
     DURATION_EXCEEDS_BOUND = "duration_exceeds_bound"
     PAST_TIMELY_FILING = "past_timely_filing"
@@ -135,39 +372,73 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+def _require_event_type(schema: dict[str, Any]) -> None:
+    """The input topic's union is discriminated by ``event_type``: it is required on the wire
+    (the model's default only serves Python callers)."""
+    schema["required"] = ["event_type", *schema.get("required", [])]
+
+
+class _Input(_Wire):
+    """Inputs: every field is of a strict type (no coercion: ``"30"`` is not 30, ``1`` is not
+    a date, ``"true"`` is not true); enums and literals take exactly their values."""
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
 
 
-class TimeLogged(_Wire):
-    """A clinical-staff member spent time on a patient's care coordination."""
+def _time_logged_schema(schema: dict[str, Any]) -> None:
+    _require_event_type(schema)
+    # the rules the model validator states, where JSON Schema can state them
+    schema["anyOf"] = [  # missing_duration: give minutes or end
+        {"required": ["minutes"], "properties": {"minutes": {"type": "integer"}}},
+        {"required": ["end"], "properties": {"end": {"type": "string"}}},
+    ]
+    schema["not"] = {  # inconsistent_licensure
+        "required": ["role", "licensed"],
+        "properties": {
+            "role": {"enum": sorted(r.value for r in NEVER_LICENSED_ROLES)},
+            "licensed": {"const": True},
+        },
+    }
+
+
+class TimeLogged(_Input):
+    """A clinical-staff member spent time on a patient's care coordination.
+
+    Beyond this schema the service checks two rules JSON Schema cannot state: ``end`` must be
+    after ``start`` (``end_before_start``) and, when both are given, ``start + minutes`` must
+    equal ``end`` (``minutes_end_mismatch``).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_time_logged_schema)
 
     event_type: Literal["time_logged"] = "time_logged"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier = Field(
         description="Idempotency key; unique per log, the same on redelivery."
     )
     patient_id: Identifier
     practice_id: Identifier
-    payer: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
+    payer: Payer = Field(
         description="Payer profile of the patient: cms, bcbsm, priority_health, medicaid, or any "
         "profile added as data.",
     )
     staff_id: Identifier
-    staff_name: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+    staff_name: StaffName | None = Field(
         default=None, description="Care-team member's name, for the claim's documentation."
     )
     role: Role
-    credentials: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+    credentials: Credentials | None = Field(
         default=None, description="e.g. 'RN, BSN'; carried to the billing record."
     )
-    licensed: bool
+    licensed: StrictBool
     activity: Activity
-    start: AwareDatetime = Field(description="Start of the work, ISO 8601 with a UTC offset.")
-    minutes: int | None = Field(default=None, gt=0, description="Duration; or give `end`.")
-    end: AwareDatetime | None = Field(default=None, description="End of the work; or `minutes`.")
-    recorded_at: AwareDatetime = Field(description="When the EHR recorded the log.")
+    start: Timestamp = Field(description="Start of the work, RFC 3339 with a UTC offset.")
+    minutes: Minutes | None = Field(default=None, description="Duration; or give `end`.")
+    end: Timestamp | None = Field(default=None, description="End of the work; or `minutes`.")
+    recorded_at: Timestamp = Field(description="When the EHR recorded the log.")
     agency_contacted: FreeText | None = Field(
         default=None, description="Provider or agency contacted. Free text: never logged."
     )
@@ -211,17 +482,19 @@ class VoidReason(StrEnum):
     OTHER = "other"
 
 
-class TimeLogVoided(_Wire):
+class TimeLogVoided(_Input):
     """Cancels an earlier log. A correction is a void plus a new log."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["time_log_voided"] = "time_log_voided"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier
     voided_event_id: Identifier = Field(description="event_id of the time_logged it cancels.")
     reason: VoidReason
-    recorded_at: AwareDatetime
+    recorded_at: Timestamp
     note: FreeText | None = Field(default=None, description="Free text: never logged.")
 
 
@@ -263,41 +536,47 @@ OtherCode = Literal[
 ]
 
 
-class ConsentRecorded(_Wire):
+class ConsentRecorded(_Input):
     """The patient consented to complex CCM by this practice, effective ``consent_date``."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["consent_recorded"] = "consent_recorded"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier
-    consent_date: date = Field(description="Local date from which the consent holds.")
-    recorded_at: AwareDatetime
+    consent_date: Day = Field(description="Local date from which the consent holds.")
+    recorded_at: Timestamp
 
 
-class ConsentWithdrawn(_Wire):
+class ConsentWithdrawn(_Input):
     """The patient withdrew consent from this practice, effective ``withdrawn_date``."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["consent_withdrawn"] = "consent_withdrawn"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier
-    withdrawn_date: date = Field(description="Local date from which there is no consent.")
-    recorded_at: AwareDatetime
+    withdrawn_date: Day = Field(description="Local date from which there is no consent.")
+    recorded_at: Timestamp
 
 
-class EligibilityAttested(_Wire):
+class EligibilityAttested(_Input):
     """The practice attests complex-CCM eligibility for one month. The latest attestation of a
     practice and month (by ``recorded_at``, then ``event_id``) is the one that holds."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["eligibility_attested"] = "eligibility_attested"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier
     service_month: ServiceMonth
-    chronic_conditions: Annotated[int, Field(ge=0, le=100)] = Field(
+    chronic_conditions: ConditionCount = Field(
         description="Chronic conditions expected to last 12 months or until death; needs 2+."
     )
     care_plan: Literal["established", "revised", "unchanged", "none"] = Field(
@@ -306,7 +585,7 @@ class EligibilityAttested(_Wire):
     medical_decision_making: Literal["straightforward", "low", "moderate", "high"] = Field(
         description="Complexity of medical decision making: moderate or high qualifies."
     )
-    recorded_at: AwareDatetime
+    recorded_at: Timestamp
 
     @property
     def eligible(self) -> bool:
@@ -317,7 +596,7 @@ class EligibilityAttested(_Wire):
         )
 
 
-class CodeBilled(_Wire):
+class CodeBilled(_Input):
     """Another care-management code was billed for the patient and month, by any practice.
 
     99490/99439 and APCM G0556-G0558 exclude 99487/99489 that month. Time billed under
@@ -325,8 +604,10 @@ class CodeBilled(_Wire):
     again: the time logs it used (``time_log_ids``) are excluded from the tally.
     """
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_type: Literal["code_billed"] = "code_billed"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     event_id: Identifier
     patient_id: Identifier
     practice_id: Identifier = Field(description="The practice that billed the code.")
@@ -336,7 +617,7 @@ class CodeBilled(_Wire):
         default_factory=list,
         description="event_ids of the time logs billed under the code (never counted again).",
     )
-    recorded_at: AwareDatetime
+    recorded_at: Timestamp
 
 
 EnrollmentEvent = ConsentRecorded | ConsentWithdrawn | EligibilityAttested | CodeBilled
@@ -351,7 +632,15 @@ ANY_INPUT_ADAPTER: TypeAdapter[AnyInput] = TypeAdapter(
 """Every input event the core applies (time-log topic and enrollment topic)."""
 
 
-class MonthCloseCommand(_Wire):
+def _month_close_schema(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"mode": {"const": "month"}}}  # also when mode is absent
+    schema["then"] = {
+        "required": ["practice_id", "service_month"],
+        "properties": {"practice_id": {"type": "string"}, "service_month": {"type": "string"}},
+    }
+
+
+class MonthCloseCommand(_Input):
     """Ops or the worker's own timer asks to close months.
 
     ``mode="month"`` closes one practice's month now (``practice_id`` and ``service_month``
@@ -359,14 +648,16 @@ class MonthCloseCommand(_Wire):
     plus the practice's grace period) is at or before ``as_of``; the worker's timer sends it.
     """
 
+    model_config = ConfigDict(json_schema_extra=_month_close_schema)
+
     command_type: Literal["month_close"] = "month_close"
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = 1
     command_id: Identifier
     mode: Literal["month", "due"] = "month"
     practice_id: Identifier | None = None
     service_month: ServiceMonth | None = None
-    as_of: AwareDatetime = Field(description="The close time written to the records.")
-    requested_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+    as_of: Timestamp = Field(description="The close time written to the records.")
+    requested_by: RequestedBy | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Self:
@@ -431,7 +722,7 @@ class LogLine(_Wire):
     staff_name: str | None
     role: Role
     credentials: str | None
-    licensed: bool
+    licensed: StrictBool
     activity: Activity
     start: datetime
     end: datetime
@@ -601,15 +892,26 @@ class TallyStatus(_Wire):
 
 
 class RejectedInput(_Wire):
-    """A dead-lettered input: the original bytes, why, and where it came from."""
+    """A dead-lettered input: why, where it came from, and the original (its first
+    ``DEAD_LETTER_PREFIX_BYTES`` bytes; the whole payload stays readable on the source
+    topic-partition at the source offset while the topic retains it)."""
 
     reason: Reason
     message: str = Field(description="Human-readable; never quotes free text from the input.")
     event_id: str | None = Field(default=None, description="If the input had a readable one.")
     patient_id: str | None = None
-    original: str = Field(description="The original payload, decoded as UTF-8 with replacement.")
+    original: str = Field(
+        description="The original payload (its first 16 KiB when longer), decoded as UTF-8 "
+        "with replacement."
+    )
     original_base64: str | None = Field(
-        default=None, description="The original bytes, when they are not valid UTF-8."
+        default=None,
+        description="The same bytes as `original`, base64, when they are not valid UTF-8.",
+    )
+    original_length: int = Field(description="Length of the whole original payload, in bytes.")
+    original_sha256: str = Field(description="SHA-256 of the whole original payload, hex.")
+    original_truncated: bool = Field(
+        description="True when `original` holds only the first 16 KiB of the payload."
     )
     source_topic: str | None = None
     source_partition: int | None = None
@@ -690,17 +992,60 @@ OUTPUT_TYPES: dict[type[BaseModel], str] = {
 
 _FIELD_REASONS = {"activity": Reason.UNKNOWN_ACTIVITY, "role": Reason.UNKNOWN_ROLE}
 _REASON_VALUES = {r.value for r in Reason}
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _field_name(part: object) -> str:
+    """A location part fit for a message: an unknown key of the input may be anything (free
+    text, a name, megabytes), so only plain names are quoted."""
+    text = str(part)
+    return text if _FIELD_NAME.fullmatch(text) else "<field>"
+
+
+_PATTERN_MESSAGES = {
+    f"^{ID_PATTERN}$": "must be 1-128 printable ASCII characters without spaces",
+    f"^{TIMESTAMP_PATTERN}$": "must be an RFC 3339 date-time, YYYY-MM-DDThh:mm:ss[.ffffff] "
+    "and Z or ±hh:mm, in the years 2000-2099",
+    f"^{PAYER_PATTERN}$": "must be a profile name: a-z, 0-9 and _, starting with a letter",
+    f"^{SERVICE_MONTH_PATTERN}$": "must be a month YYYY-MM in 2000-2099",
+}
+
+
+def _pattern_reason(pattern: str, value: object) -> tuple[Reason, str]:
+    """Why a text did not match its pattern (the value decides the code; it is not quoted)."""
+    message = _PATTERN_MESSAGES.get(pattern, "is not in the expected form")
+    text = value if isinstance(value, str) else ""
+    if pattern == f"^{ID_PATTERN}$" and not text.strip():
+        return Reason.MISSING_FIELD, "must not be empty or blank"
+    if pattern == f"^{TIMESTAMP_PATTERN}$":
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return Reason.INVALID_FIELD, message
+        if parsed.tzinfo is None:
+            return Reason.TIMESTAMP_WITHOUT_OFFSET, "must carry a UTC offset"
+        if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+            return Reason.TIMESTAMP_OUT_OF_RANGE, f"must lie in the years {MIN_YEAR}-{MAX_YEAR}"
+    return Reason.INVALID_FIELD, message
 
 
 def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
     """The reason code and a message naming the field, never echoing input values."""
-    first: Any = err.errors(include_input=False, include_url=False)[0]
+    first: Any = err.errors(include_url=False)[0]  # the input decides, it is never quoted
     etype: str = first["type"]
-    loc = [str(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
+    loc = [_field_name(p) for p in first["loc"] if p not in ("time_logged", "time_log_voided")]
     field = ".".join(loc) or "payload"
     msg = str(first["msg"])
+    if etype == "string_pattern_mismatch":
+        pattern = str(first.get("ctx", {}).get("pattern", ""))
+        reason, text = _pattern_reason(pattern, first.get("input"))
+        return reason, f"field '{field}': {text}"
+    if loc and loc[-1] == "schema_version":
+        return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
+    if etype == "extra_forbidden":
+        return Reason.INVALID_FIELD, f"field '{field}' is not part of the schema"
     if etype in _REASON_VALUES:
-        return Reason(etype), msg
+        return Reason(etype), f"field '{field}': {msg}" if loc else msg
     if etype == "json_invalid":
         return Reason.INVALID_JSON, "payload is not valid JSON"
     if etype in ("model_type", "model_attributes_type", "dict_type"):
@@ -713,8 +1058,6 @@ def reason_from_validation_error(err: ValidationError) -> tuple[Reason, str]:
         return Reason.MISSING_FIELD, f"field '{field}' is required"
     if etype == "string_too_short" and loc:
         return Reason.MISSING_FIELD, f"field '{field}' is empty"
-    if loc and loc[-1] == "schema_version":
-        return Reason.UNSUPPORTED_SCHEMA_VERSION, "schema_version must be 1"
     if etype == "timezone_aware":
         return Reason.TIMESTAMP_WITHOUT_OFFSET, f"field '{field}' must carry a UTC offset"
     if loc and loc[-1] in _FIELD_REASONS and etype == "enum":

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
+import pydantic_core
+from pydantic import TypeAdapter, ValidationError
 
 from .contracts import (
     ANY_INPUT_ADAPTER,
+    ID_PATTERN,
+    PAYER_PATTERN,
     EnrollmentEvent,
     MonthCloseCommand,
     Outcome,
@@ -24,20 +27,36 @@ from .contracts import (
     RejectedInput,
     TimeLogged,
     TimeLogVoided,
+    Timestamp,
     reason_from_validation_error,
 )
 from .tally import CloseTrigger, Output, PatientLedger, Result, TallyEngine, envelope, stable_id
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+"""Inputs longer than this are not parsed (``payload_too_large``)."""
+DEAD_LETTER_PREFIX_BYTES = 16 * 1024
+"""A dead letter keeps this much of the original payload (every realistic event whole); with
+JSON escaping and base64 its record stays far below Kafka's 1 MiB message limit whatever the
+input (at most about 120 KB)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID_RE = re.compile(ID_PATTERN)
+_PAYER_RE = re.compile(PAYER_PATTERN)
+_TIMESTAMP_ADAPTER: TypeAdapter[datetime] = TypeAdapter(Timestamp)
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where an input came from: a Kafka topic/partition/offset, or a file and line."""
+    """Where an input came from: a Kafka topic/partition/offset, or a file and line.
+
+    ``timestamp`` is the Kafka record's own timestamp, when there is one: it stamps the dead
+    letter of a payload that has no readable time, and is the same every time the record is
+    read again (the wall clock is not: a re-published dead letter must be identical).
+    """
 
     topic: str
     partition: int | None = None
     offset: int | None = None
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +69,7 @@ class Decoded:
 def decode(raw: bytes) -> Decoded:
     """Parse and validate one input payload; a failure carries its reason code."""
     if len(raw) > MAX_PAYLOAD_BYTES:
-        return Decoded(None, Reason.INVALID_FIELD, f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
+        return Decoded(None, Reason.PAYLOAD_TOO_LARGE, f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
     try:
         # time logs, voids and the enrollment feed's events: one discriminated union, so the
         # worker only has to subscribe to the enrollment topic
@@ -60,13 +79,22 @@ def decode(raw: bytes) -> Decoded:
         return Decoded(None, reason, message)
 
 
-def _peek(raw: bytes, field: str) -> str | None:
-    """Best-effort id from a payload that failed validation (for the DLQ record only)."""
+def _peek(raw: bytes, *fields: str) -> list[str | None]:
+    """Best-effort ids of a payload that failed validation (for the dead letter only).
+
+    Parsed with the same parser as :func:`decode` (bounded nesting, no lone surrogates), and an
+    id is kept only if it is a valid id: whatever the payload, the dead letter serialises.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return [None for _ in fields]
     try:
-        value = json.loads(raw).get(field)
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+        data = pydantic_core.from_json(raw)
+    except Exception:  # any parse failure (invalid JSON, nesting too deep ...): no ids
+        return [None for _ in fields]
+    if not isinstance(data, dict):
+        return [None for _ in fields]
+    found = [data.get(f) for f in fields]
+    return [v if isinstance(v, str) and _ID_RE.fullmatch(v) else None for v in found]
 
 
 def rejected_output(
@@ -75,31 +103,51 @@ def rejected_output(
     message: str,
     source: Source,
     key: str | None,
-    at: datetime,
+    at: datetime | None = None,
+    event: TimeLogged | TimeLogVoided | EnrollmentEvent | None = None,
 ) -> Output:
-    """The dead-letter record of one input: original bytes, reason, message, source."""
+    """The dead-letter record of one input: why, where from, and the original, bounded.
+
+    Deterministic: the same input (bytes and source) always gives the same record, id and
+    content. Its ``time`` is ``at`` if given, else the event's ``recorded_at``, else the
+    source record's timestamp, else the epoch: never the clock.
+    """
+    prefix = raw[:DEAD_LETTER_PREFIX_BYTES]
     try:
-        text, b64 = raw.decode("utf-8"), None
+        raw.decode("utf-8")
     except UnicodeDecodeError:
-        text, b64 = raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
-    patient = _peek(raw, "patient_id")
+        text = prefix.decode("utf-8", "replace")
+        b64: str | None = base64.b64encode(prefix).decode("ascii")
+    else:  # valid UTF-8: a character cut by the prefix is dropped, not replaced
+        text, b64 = prefix.decode("utf-8", "ignore"), None
+    event_id: str | None
+    patient: str | None
+    if event is not None:
+        event_id, patient = event.event_id, event.patient_id
+    else:
+        event_id, patient = _peek(raw, "event_id", "patient_id")
     data = RejectedInput(
         reason=reason,
         message=message,
-        event_id=_peek(raw, "event_id"),
+        event_id=event_id,
         patient_id=patient,
         original=text,
         original_base64=b64,
+        original_length=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+        original_truncated=len(raw) > DEAD_LETTER_PREFIX_BYTES,
         source_topic=source.topic,
         source_partition=source.partition,
         source_offset=source.offset,
     )
     digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     oid = stable_id("rejected", source.topic, source.partition, source.offset, reason, digest)
-    out_key = key or patient or ""
+    # keyed like the input when its key is an id (an oversized or garbled key is not repeated)
+    out_key = key if key and _ID_RE.fullmatch(key) else patient or ""
     subject = f"{source.topic}/{source.partition}/{source.offset}"
-    env = envelope(data, oid, subject, at)
-    return Output("rejected", out_key, env)
+    if at is None:
+        at = event.recorded_at if event is not None else source.timestamp or _EPOCH
+    return Output("rejected", out_key, envelope(data, oid, subject, at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,25 +175,42 @@ def process(
     """Decode ``raw`` (a time log, a void or an enrollment-feed event: one function for every
     input topic but the control topic) and apply it to its patient's ledger. A log that fails
     validation is dead-lettered and, when its patient-month is readable, also listed on that
-    month's record (a closed month's record is re-issued).
+    month's record (a closed month's record is re-issued). Never raises: every input ends as
+    exactly one outcome, a failure of the service on it included (``internal_error``).
 
     ``key`` is the Kafka message key, when there is one: it must be the patient id, or the
-    patient's state would be split across partitions. ``received_at`` stamps DLQ records of
-    payloads with no usable time (defaults to the epoch: the core reads no clock).
+    patient's state would be split across partitions. ``received_at`` is accepted for older
+    callers and ignored: dead letters are stamped from the input (see :func:`rejected_output`).
     Returns the ledger that was changed (the caller persists it), or None.
     """
-    stamp = received_at or datetime(1970, 1, 1, tzinfo=UTC)
+    del received_at  # the core reads no clock, and a dead letter must not depend on one
+    try:
+        return _process(engine, ledger_for, raw, source, key)
+    except Exception as exc:  # a bug must not stop the partition: the input is dead-lettered
+        reason = Reason.INTERNAL_ERROR
+        message = f"the service failed on this input ({type(exc).__name__}); kept for replay"
+        dead = rejected_output(raw, reason, message, source, key)
+        return Processed(Outcome.REJECTED, [dead], None, reason, type(exc).__name__), None
+
+
+def _process(
+    engine: TallyEngine,
+    ledger_for: LedgerLookup,
+    raw: bytes,
+    source: Source,
+    key: str | None,
+) -> tuple[Processed, PatientLedger | None]:
     decoded = decode(raw)
     event = decoded.event
     if event is None:
         assert decoded.reason is not None
-        dead = rejected_output(raw, decoded.reason, decoded.message, source, key, stamp)
+        dead = rejected_output(raw, decoded.reason, decoded.message, source, key)
         # rules 6: a log that failed validation is listed on its month's record too
         listed, ledger = _list_on_record(engine, ledger_for, raw, key, decoded)
         return Processed(Outcome.REJECTED, [dead, *listed], None, decoded.reason), ledger
     if key is not None and key != event.patient_id:
         message = "message key is not the event's patient_id"
-        dead = rejected_output(raw, Reason.KEY_MISMATCH, message, source, key, event.recorded_at)
+        dead = rejected_output(raw, Reason.KEY_MISMATCH, message, source, key, event=event)
         return Processed(Outcome.REJECTED, [dead], event, Reason.KEY_MISMATCH), None
     ledger = ledger_for(event.patient_id)
     result: Result = engine.apply(ledger, event)
@@ -153,7 +218,7 @@ def process(
     if result.outcome is Outcome.REJECTED:
         assert result.reason is not None
         outputs = [
-            rejected_output(raw, result.reason, result.message, source, key, event.recorded_at),
+            rejected_output(raw, result.reason, result.message, source, key, event=event),
             *outputs,
         ]
     return Processed(result.outcome, outputs, event, result.reason, result.detail), ledger
@@ -161,38 +226,40 @@ def process(
 
 def _readable_log(raw: bytes) -> dict[str, object] | None:
     """The fields of a rejected ``time_logged`` that place it in a patient-month, if readable:
-    patient, practice, start (with a UTC offset), and payer, event id, recorded_at if any."""
+    patient, practice, start, and payer, event id, recorded_at if any. Read with the parser and
+    the strict types :func:`decode` uses (bounded nesting; ids printable ASCII; timestamps
+    RFC 3339 in 2000-2099), so that whatever the payload nothing here raises or is misread."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return None
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = pydantic_core.from_json(raw)
+    except Exception:  # any parse failure (invalid JSON, nesting too deep ...): not readable
         return None
     if not isinstance(data, dict) or data.get("event_type", "time_logged") != "time_logged":
         return None
-    patient, practice = _peek(raw, "patient_id"), _peek(raw, "practice_id")
-    start = _aware(data.get("start"))
+    patient, practice, event_id = _peek(raw, "patient_id", "practice_id", "event_id")
+    start = _timestamp(data.get("start"))
     if patient is None or practice is None or start is None:
-        return None
-    if patient.strip() != patient or practice.strip() != practice:
         return None
     payer = data.get("payer")
     return {
         "patient_id": patient,
         "practice_id": practice,
         "start": start,
-        "payer": payer if isinstance(payer, str) else None,
-        "event_id": _peek(raw, "event_id") or "",
-        "recorded_at": _aware(data.get("recorded_at")) or start,
+        "payer": payer if isinstance(payer, str) and _PAYER_RE.fullmatch(payer) else None,
+        "event_id": event_id or "",
+        "recorded_at": _timestamp(data.get("recorded_at")) or start,
     }
 
 
-def _aware(value: object) -> datetime | None:
+def _timestamp(value: object) -> datetime | None:
+    """A wire timestamp valid as the contracts define it (else None)."""
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        return _TIMESTAMP_ADAPTER.validate_json(pydantic_core.to_json(value))
+    except ValidationError:
         return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _list_on_record(
@@ -231,9 +298,11 @@ def _list_on_record(
 def is_close_command(raw: bytes) -> bool:
     """Does an input line hold a control-topic command (``command_type``) rather than an
     event? Replay reads both from one file."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return False
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = pydantic_core.from_json(raw)  # bounded nesting, as decode: never raises here
+    except Exception:
         return False
     return isinstance(data, dict) and "command_type" in data and "event_type" not in data
 
@@ -293,8 +362,9 @@ class LocalTally:
             found = self.ledgers[patient_id] = PatientLedger(patient_id)
         return found
 
-    def feed(self, raw: bytes, source: Source) -> Processed:
-        processed, _ = process(self.engine, self.ledger, raw, source)
+    def feed(self, raw: bytes, source: Source, key: str | None = None) -> Processed:
+        """One input; ``key`` is the Kafka key it had, when replaying a keyed stream."""
+        processed, _ = process(self.engine, self.ledger, raw, source, key)
         self.outcomes[processed.outcome] += 1
         if processed.event is not None and (
             self.latest is None or processed.event.recorded_at > self.latest

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         description="At start, how long to wait for an unreachable broker before exiting 69.",
     )
     web_host: str = "127.0.0.1"
-    web_port: int = 6066
+    web_port: Annotated[int, Field(ge=0, le=65535)] = 6066
     web_advertised_host: str | None = Field(
         default=None,
         description="Host other workers use to reach this one (look-up forwarding); "

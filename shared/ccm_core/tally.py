@@ -109,11 +109,17 @@ def shared(text: str | None) -> str | None:
     return None if text is None else sys.intern(text)
 
 
+FINGERPRINT_NOTE_BITS = 33
+"""Low bits of :func:`extra_fingerprint`: 0 (no note) or the note's CRC-32 plus one."""
+
+
 def extra_fingerprint(recorded_at: int, note: str | None) -> int:
     """What a log's content holds beyond its :class:`LogEntry` fields: time recorded and note,
-    packed in one int (recorded_at seconds above a CRC-32 of the note)."""
-    crc = 0 if note is None else zlib.crc32(note.encode()) + 1
-    return (recorded_at << 33) | crc
+    packed in one int (recorded_at seconds above a CRC-32 of the note). A Python int has no
+    width: any ``recorded_at`` packs and unpacks exactly (the ledger codec stores the two
+    parts separately, as JSON integers are only safe up to 64 bits)."""
+    crc = 0 if note is None else zlib.crc32(note.encode("utf-8", "surrogatepass")) + 1
+    return (recorded_at << FINGERPRINT_NOTE_BITS) | crc
 
 
 def same_log(entry: LogEntry, event: TimeLogged, tally: MonthTally) -> bool:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ccm_core import codec
-from ccm_core.contracts import INPUT_ADAPTER, MonthCloseCommand
+from ccm_core.contracts import INPUT_ADAPTER, MonthCloseCommand, Outcome
 from ccm_core.tally import Output, PatientLedger, TallyEngine
 from tests.unit.unit_helpers import CLOSE_AT, PATIENT, local, log, void
 
@@ -95,3 +96,56 @@ def test_codec_refuses_unknown_layout() -> None:
     data["v"] = 999
     with pytest.raises(ValueError, match="layout"):
         codec.loads(json.dumps(data).encode())
+
+
+# A ledger of BEFORE (log "a" with a note) as the layout-2 codec wrote it, before layout 3.
+LAYOUT_2 = Path(__file__).parent / "data" / "ledger-layout2.json"
+
+
+def _before_with_note() -> list[dict[str, Any]]:
+    return [{**e, "note": "call back Tuesday"} if e["event_id"] == "a" else e for e in BEFORE]
+
+
+def test_codec_loads_layout_2_written_by_the_previous_version() -> None:
+    """Codec: a changelog written with layout 2 (packed 64-bit fingerprint) still loads into
+    the same ledger the current code builds, and redeliveries are still recognised."""
+    old = codec.loads(LAYOUT_2.read_bytes())
+    assert json.loads(LAYOUT_2.read_bytes())["v"] == 2
+    engine = TallyEngine()
+    fresh = PatientLedger(PATIENT)
+    _apply(engine, fresh, _before_with_note())
+    assert codec.dumps(old) == codec.dumps(fresh)
+    for raw in _before_with_note():
+        event = INPUT_ADAPTER.validate_python(raw)
+        outcome = engine.apply(old, event).outcome
+        assert outcome in (Outcome.DUPLICATE, Outcome.REJECTED), raw["event_id"]
+
+
+@pytest.mark.parametrize(
+    "recorded", ["2038-01-19T03:14:08Z", "2062-05-01T00:00:00Z", "2099-12-31T23:59:59-14:00"]
+)
+def test_codec_writes_64_bit_integers_whatever_the_year(recorded: str) -> None:
+    """Codec: from 2038-01-19T03:14:08Z on, layout 2's packed fingerprint exceeded 64 bits
+    (orjson refused it and the worker could not persist the ledger). Layout 3 writes only
+    integers within 64 bits, and the round trip is exact."""
+    moment = datetime.fromisoformat(recorded)
+    engine, ledger = TallyEngine(), PatientLedger(PATIENT)
+    event = log("late", moment - timedelta(hours=2), 30, recorded_at=moment, note="n")
+    _apply(engine, ledger, [event])
+    raw = codec.dumps(ledger)
+    ints: list[int] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            ints.append(value)
+        elif isinstance(value, list | dict):
+            for item in value.values() if isinstance(value, dict) else value:
+                walk(item)
+
+    walk(json.loads(raw))
+    assert ints and all(-(2**63) <= i < 2**63 for i in ints)
+    restored = codec.loads(raw)
+    assert codec.dumps(restored) == raw
+    assert engine.apply(restored, INPUT_ADAPTER.validate_python(event)).outcome is Outcome.DUPLICATE

@@ -4,7 +4,8 @@ The time-log formats are checked with a small validator covering the keywords py
 here (written before ``jsonschema`` was a test dependency), the enrollment feed with the
 ``jsonschema`` library; the sample events are also checked with the pydantic models
 themselves. The small validator is tested against known-bad payloads so that it is not
-vacuous.
+vacuous. The full agreement of the schemas with the service, keyword by keyword, is checked
+with the ``jsonschema`` package in test_schema_oracle.py.
 """
 
 from __future__ import annotations

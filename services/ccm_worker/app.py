@@ -367,7 +367,6 @@ class TallyWorker:
     async def process_batch(self, events: Sequence[Any]) -> None:
         self._batch_started = time.monotonic()
         started = time.perf_counter()
-        now = datetime.now(UTC)
         n = self.settings.partitions
         data = self.table.data
         touched: dict[int, Ledgers] = defaultdict(dict)  # input partition -> its changed ledgers
@@ -380,7 +379,7 @@ class TallyWorker:
             delivered[msg.tp] = msg.offset + 1
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == self.control:
-                produced[p] += self._close(raw, msg, now, touched[p])
+                produced[p] += self._close(raw, msg, touched[p])
                 continue
             key: bytes | None = msg.key
             if key is not None and msg.topic in self.rerouted_topics:
@@ -392,7 +391,7 @@ class TallyWorker:
                     if self._debug:
                         log.debug("input_rerouted", partition=p, offset=msg.offset, to=home)
                     continue
-            produced[p] += self._apply(raw, msg, key, data, touched[p], now)
+            produced[p] += self._apply(raw, msg, key, data, touched[p])
         out: dict[int, list[Message]] = {}  # input partition -> what it sends
         for p, outputs in produced.items():
             # one status per patient-month per batch: the topic is compacted, the last wins
@@ -429,11 +428,10 @@ class TallyWorker:
         key_bytes: bytes | None,
         data: Any,
         touched: Ledgers,
-        now: datetime,
     ) -> list[Output]:
         # the input must be keyed by patient id: an unkeyed log is a key mismatch too
         key = key_bytes.decode("utf-8", "replace") if key_bytes is not None else ""
-        source = Source(msg.topic, msg.partition, msg.offset)
+        source = _source(msg)
         partition = msg.partition
 
         def lookup(patient_id: str) -> PatientLedger:
@@ -445,11 +443,11 @@ class TallyWorker:
             return found
 
         try:
-            processed, ledger = process(self.engine, lookup, raw, source, key=key, received_at=now)
+            processed, ledger = process(self.engine, lookup, raw, source, key=key)
         except Exception as exc:  # a bug must not lose the event nor stop the partition
             log.exception("event_failed", partition=msg.partition, offset=msg.offset)
             reason = Reason.INTERNAL_ERROR
-            dead = rejected_output(raw, reason, type(exc).__name__, source, key, now)
+            dead = rejected_output(raw, reason, type(exc).__name__, source, key)
             processed, ledger = Processed(Outcome.REJECTED, [dead], None, reason), None
         self._outcome_counters[processed.outcome].inc()
         if ledger is not None:
@@ -563,12 +561,11 @@ class TallyWorker:
 
     # ------------------------------------------------------------------ month close
 
-    def _close(self, raw: bytes, msg: Any, now: datetime, touched: Ledgers) -> list[Output]:
+    def _close(self, raw: bytes, msg: Any, touched: Ledgers) -> list[Output]:
         """Apply a close command to the ledgers of the message's partition (the core's
         ``apply_close``, which replay applies to a close line too)."""
         started = time.perf_counter()
-        source = Source(msg.topic, msg.partition, msg.offset)
-        command, dead = decode_close(raw, source, now)
+        command, dead = decode_close(raw, _source(msg))
         if command is None:
             log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)
             return [dead] if dead is not None else []
@@ -810,6 +807,13 @@ class TallyWorker:
     def ledger(self, patient_id: str) -> PatientLedger | None:
         found: PatientLedger | None = self.table.data.get(patient_id)
         return found
+
+
+def _source(msg: Any) -> Source:
+    """Where an input came from, with the record's own timestamp (faust gives seconds): it
+    stamps dead letters of payloads without a readable time, the same at every re-read."""
+    stamp = datetime.fromtimestamp(msg.timestamp, UTC) if msg.timestamp else None
+    return Source(msg.topic, msg.partition, msg.offset, timestamp=stamp)
 
 
 def _headers(msg: Any) -> list[tuple[str, bytes]] | None:

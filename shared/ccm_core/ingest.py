@@ -336,9 +336,10 @@ def apply_close(
 
 
 def decode_close(
-    raw: bytes, source: Source, at: datetime
+    raw: bytes, source: Source, at: datetime | None = None
 ) -> tuple[MonthCloseCommand | None, Output | None]:
-    """A control-topic message as a command, or its dead-letter record."""
+    """A control-topic message as a command, or its dead-letter record (stamped ``at`` if
+    given, else the source record's timestamp: deterministic either way)."""
     try:
         return MonthCloseCommand.model_validate_json(raw), None
     except ValidationError as err:

@@ -240,9 +240,19 @@ def compare(
 
     got = final_records(stream["billing_record"])
     want = final_records(core["billing_record"])
-    figures.records_differ = sum(
-        1 for rid in got.keys() | want.keys() if got.get(rid) != want.get(rid)
-    )
+    differing = [rid for rid in sorted(got.keys() | want.keys()) if got.get(rid) != want.get(rid)]
+    figures.records_differ = len(differing)
+    if differing:  # what differs, for whoever reads the failure (fields only, no PHI text)
+        g, w = got.get(differing[0], [{}]), want.get(differing[0], [{}])
+        figures.notes["first differing record"] = {
+            "record_id": differing[0],
+            "contents (stream, replay)": (len(g), len(w)),
+            "fields": {
+                k: (g[0].get(k), w[0].get(k))
+                for k in sorted(set(g[0]) | set(w[0]))
+                if g[0].get(k) != w[0].get(k)
+            },
+        }
     got_minutes, want_minutes = minutes_by_month(got), minutes_by_month(want)
     for key in got_minutes.keys() | want_minutes.keys():
         delta = got_minutes.get(key, 0) - want_minutes.get(key, 0)

@@ -249,7 +249,9 @@ class TallyWorker:
         self._last_progress = time.monotonic()
         self._last_committed: dict[TP, int] = {}
         self._delivered: dict[TP, int] = {}  # next offset after the last record processed
-        self._ready_since = time.monotonic()
+        self._assigned_at = time.monotonic()
+        self._last_unready = time.monotonic()
+        self._unready_since: float | None = None
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
         self._lag_partitions: set[int] = set()
@@ -412,7 +414,6 @@ class TallyWorker:
                 send_ms=round((time.perf_counter() - t_sent) * 1e3, 1),
             )
         self._batch_started = None
-        self._last_progress = time.monotonic()
         finished = time.perf_counter()
         BATCH_SIZE.observe(len(events))
         per_event = (finished - started) / max(1, len(events))
@@ -622,7 +623,7 @@ class TallyWorker:
         (faust's revoke callback names every partition in an eager rebalance, the kept ones
         too, and faust does not recover a kept partition again: so the drop happens here,
         against the new assignment.)"""
-        self._ready_since = time.monotonic()
+        self._assigned_at = time.monotonic()
         if self._recovery_probe_task is None:
             self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
@@ -744,11 +745,15 @@ class TallyWorker:
         limit = self.settings.stall_exit_seconds
         now = self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = True
-        if not self.is_ready():  # rebalancing or recovering: not a stall
-            self._ready_since = now
-            return
         if limit <= 0:
             return
+        ready = self.is_ready()
+        if ready:
+            self._unready_since = None
+        else:
+            self._last_unready = now
+            if self._unready_since is None:
+                self._unready_since = now
         waiting = 0
         moved = False
         if ends is None:
@@ -763,7 +768,22 @@ class TallyWorker:
         if waiting == 0 or moved:
             self._last_progress = now
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
-        quiet = now - max(self._last_progress, self._ready_since)
+        if not ready:
+            # rebalancing or recovering is not a stall, unless it never ends while input waits
+            unready = now - (self._unready_since or now)
+            if not (waiting > 0 and unready > max(120.0, 4 * limit)):
+                return
+            quiet = unready
+        else:
+            quiet = now - max(self._last_progress, self._assigned_at, self._last_unready)
+        if waiting > 0 and quiet > limit / 2:
+            log.warning(
+                "input_waiting_without_commits",
+                waiting=waiting,
+                seconds_quiet=round(quiet, 1),
+                ready=ready,
+                in_batch=self._batch_started is not None,
+            )
         if not (stuck_batch or (waiting > 0 and quiet > limit)):
             return
         stacks = []

@@ -252,6 +252,7 @@ class TallyWorker:
         self._assigned_at = time.monotonic()
         self._last_unready = time.monotonic()
         self._unready_since: float | None = None
+        self._recovered_seen = -1
         self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = False
         self._lag_partitions: set[int] = set()
@@ -752,8 +753,11 @@ class TallyWorker:
             self._unready_since = None
         else:
             self._last_unready = now
-            if self._unready_since is None:
+            recovered = self._recovery_position()
+            if self._unready_since is None or recovered != self._recovered_seen:
+                # a recovery reading its changelog is progressing, however long it takes
                 self._unready_since = now
+                self._recovered_seen = recovered
         waiting = 0
         moved = False
         if ends is None:
@@ -799,6 +803,15 @@ class TallyWorker:
             stacks="\n".join(stacks),
         )
         os._exit(STALLED)
+
+    def _recovery_position(self) -> int:
+        """How far the table recovery has read (sum of its changelog offsets): moves while a
+        recovery makes progress."""
+        try:
+            offsets = cast(Any, self.app.tables).recovery.active_offsets
+            return int(sum(v for v in offsets.values() if v is not None))
+        except Exception:
+            return -1
 
     def start_loop_watchdog(self) -> None:
         """A thread that exits the process when the event loop stops running the watchdog

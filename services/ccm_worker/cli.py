@@ -95,8 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     config_from_args(settings.profiles_file, settings.practices_file)  # fail fast, one line
-    require_broker(settings)
-    return run_worker(settings)
+    return run_worker(settings)  # waits for the broker itself (bounded, each retry logged)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

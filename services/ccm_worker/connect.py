@@ -1,9 +1,10 @@
 """Wait, for a bounded time, until a Kafka broker answers; else fail with one clear line.
 
-Used by ``ccm-tally close`` and ``ccm-tally simulate`` before they produce, and meant for the
-worker's start (``ensure_broker``): without it a client either retries forever or fails with a
-library traceback. The wait is ``CCM_BROKER_WAIT_SECONDS`` (``Settings.broker_wait_seconds``,
-default 120 s); 0 tries once.
+Used by ``ccm-tally close``, ``topics`` and ``simulate`` before they produce, and by the
+worker's start (``runner.wait_for_topics``, which logs each retry): without it a client either
+retries forever or fails with a library traceback. The wait is ``CCM_BROKER_WAIT_SECONDS``
+(``Settings.broker_wait_seconds``, default 120 s); 0 tries once. A broker that refuses our
+credentials or TLS is not waited for: that will not get better, and the line says so.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ccm_core.settings import Settings
@@ -42,23 +44,76 @@ def broker_wait_seconds(environ: dict[str, str] | None = None) -> float:
 
 
 async def _try_once(bootstrap: str, timeout: float, options: dict[str, Any]) -> None:
-    from aiokafka.client import AIOKafkaClient
+    """One metadata request to each bootstrap server until one answers.
 
-    client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout * 1000)), **options
+    Not ``AIOKafkaClient.bootstrap()``: it logs why a server failed and raises a bare
+    "Unable to bootstrap", so a refused login would look like a broker that is down and be
+    waited for. Its own connection function keeps the cause (``SaslAuthenticationFailed``,
+    ``SSLCertVerificationError`` ...), which :func:`refused` reads."""
+    from aiokafka.conn import collect_hosts, create_conn
+    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    errors: list[BaseException] = []
+    for host, port, _ in collect_hosts(bootstrap):
+        try:
+            async with asyncio.timeout(max(0.5, timeout)):
+                conn = await create_conn(
+                    host, port, request_timeout_ms=max(1000, int(timeout * 1000)), **options
+                )
+                try:
+                    await conn.send(MetadataRequest([]))
+                    return
+                finally:
+                    conn.close()
+        except Exception as exc:  # connection refused, DNS, timeout, TLS, SASL ...
+            if refused(exc):
+                raise
+            errors.append(exc)
+    raise KafkaConnectionError(
+        f"Unable to bootstrap from {bootstrap}: "
+        + "; ".join(str(e) or type(e).__name__ for e in errors)
     )
-    try:
-        await asyncio.wait_for(client.bootstrap(), timeout=max(0.5, timeout))
-    finally:
-        await client.close()
+
+
+def refused(exc: BaseException) -> bool:
+    """An authentication or TLS verification failure (anywhere in the exception's chain)."""
+    import ssl
+
+    from aiokafka.errors import KafkaError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, ssl.SSLCertVerificationError) or "Authentication" in name:
+            return True
+        if isinstance(seen, KafkaError) and "SASL" in str(seen).upper():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def refused_error(bootstrap: str, exc: BaseException) -> BrokerUnreachableError:
+    return BrokerUnreachableError(
+        f"Kafka at {bootstrap} refused our credentials or TLS ({type(exc).__name__})"
+    )
+
+
+OnRetry = Callable[[BaseException, float], None]  # (the error, seconds left)
 
 
 async def wait_for_broker(
-    bootstrap: str, wait_seconds: float, retry_every: float = 0.5, **options: Any
+    bootstrap: str,
+    wait_seconds: float,
+    retry_every: float = 0.5,
+    on_retry: OnRetry | None = None,
+    **options: Any,
 ) -> None:
     """Return once a broker of ``bootstrap`` answers a metadata request; raise
-    :class:`BrokerUnreachableError` after ``wait_seconds`` (at least one attempt is made).
-    ``options`` are the client's security options (``kafka_security.aiokafka_kwargs``)."""
+    :class:`BrokerUnreachableError` after ``wait_seconds`` (at least one attempt is made), or
+    at once when the broker refuses our credentials or TLS. ``on_retry`` hears each failed
+    attempt (the worker logs them). ``options`` are the client's security options
+    (``kafka_security.aiokafka_kwargs``)."""
     deadline = time.monotonic() + wait_seconds
     last = "no attempt"
     quiet = logging.getLogger("aiokafka")  # one warning per failed attempt: not for people
@@ -71,7 +126,11 @@ async def wait_for_broker(
                 await _try_once(bootstrap, max(remaining, 1.0), options)
                 return
             except Exception as exc:  # connection refused, DNS, timeout, bad address ...
+                if refused(exc):
+                    raise refused_error(bootstrap, exc) from None
                 last = str(exc) or type(exc).__name__
+                if on_retry is not None:
+                    on_retry(exc, max(0.0, deadline - time.monotonic()))
             if time.monotonic() + retry_every >= deadline:
                 break
             await asyncio.sleep(retry_every)
@@ -83,6 +142,8 @@ async def wait_for_broker(
     )
 
 
-def ensure_broker(bootstrap: str, wait_seconds: float, **options: Any) -> None:
+def ensure_broker(
+    bootstrap: str, wait_seconds: float, on_retry: OnRetry | None = None, **options: Any
+) -> None:
     """Synchronous :func:`wait_for_broker`, for a command's start (outside an event loop)."""
-    asyncio.run(wait_for_broker(bootstrap, wait_seconds, **options))
+    asyncio.run(wait_for_broker(bootstrap, wait_seconds, on_retry=on_retry, **options))

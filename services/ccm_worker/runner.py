@@ -9,58 +9,60 @@ from ccm_core.observability import configure_logging, get_logger
 from ccm_core.settings import Settings
 
 from . import exits
+from .connect import (
+    BROKER_WAIT_ENV,
+    BrokerUnreachableError,
+    ensure_broker,
+    refused,
+    refused_error,
+)
 
 
 def wait_for_topics(settings: Settings) -> list[str]:
-    """Create the topics, waiting (bounded, logged) for a broker that does not answer yet."""
+    """Wait (bounded by ``broker_wait_seconds``, each retry logged) for the broker, then create
+    the topics, retrying within the same deadline (a broker just started may not have a
+    controller yet). The one wait of the worker's start: ``ccm-tally worker`` does not wait
+    before it. Raises :class:`BrokerUnreachableError` (one line) when the time is up or the
+    broker refuses our credentials or TLS."""
+    from .kafka_security import aiokafka_kwargs
     from .topics import ensure_topics
 
     log = get_logger("ccm.worker")
+    bootstrap = settings.kafka_bootstrap_servers
     deadline = time.monotonic() + settings.broker_wait_seconds
+
+    def waiting(exc: BaseException, seconds_left: float) -> None:
+        log.warning(
+            "broker_unavailable_waiting",
+            bootstrap=bootstrap,
+            error=type(exc).__name__,
+            seconds_left=round(seconds_left, 1),
+        )
+
+    ensure_broker(
+        bootstrap,
+        settings.broker_wait_seconds,
+        retry_every=1.0,
+        on_retry=waiting,
+        **aiokafka_kwargs(settings),
+    )
     delay = 0.5
     while True:
         try:
             return ensure_topics(settings)
         except Exception as exc:  # the admin client raises many kinds; most mean "not yet"
-            if _refused(exc):  # a wrong password or certificate will not get better: say so
-                raise BrokerUnavailableError(settings.kafka_bootstrap_servers, exc) from exc
+            if refused(exc):
+                raise refused_error(bootstrap, exc) from exc
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BrokerUnavailableError(settings.kafka_bootstrap_servers, exc) from exc
-            log.warning(
-                "broker_unavailable_waiting",
-                bootstrap=settings.kafka_bootstrap_servers,
-                error=type(exc).__name__,
-                seconds_left=round(left, 1),
-            )
+                raise BrokerUnreachableError(
+                    f"no Kafka broker reachable at {bootstrap} within "
+                    f"{settings.broker_wait_seconds:g}s to create topics ({BROKER_WAIT_ENV}; "
+                    f"last error: {type(exc).__name__})"
+                ) from exc
+            waiting(exc, left)
             time.sleep(min(delay, max(0.1, left)))
             delay = min(delay * 2, 10.0)
-
-
-def _refused(exc: BaseException) -> bool:
-    """An authentication or TLS verification failure (anywhere in the exception's chain)."""
-    import ssl
-
-    from aiokafka.errors import KafkaError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        name = type(seen).__name__
-        if isinstance(seen, ssl.SSLCertVerificationError) or "Authentication" in name:
-            return True
-        if isinstance(seen, KafkaError) and "SASL" in str(seen).upper():
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-class BrokerUnavailableError(Exception):
-    def __init__(self, bootstrap: str, cause: BaseException) -> None:
-        name = type(cause).__name__
-        if _refused(cause):
-            super().__init__(f"Kafka at {bootstrap} refused our credentials or TLS ({name})")
-        else:
-            super().__init__(f"no Kafka broker answered at {bootstrap} ({name})")
 
 
 def run_worker(settings: Settings) -> int:
@@ -68,7 +70,7 @@ def run_worker(settings: Settings) -> int:
     log = get_logger("ccm.worker")
     try:
         created = wait_for_topics(settings)
-    except BrokerUnavailableError as exc:
+    except BrokerUnreachableError as exc:
         log.error("broker_unavailable_exiting", error=str(exc))
         print(f"ccm-tally worker: {exc}", file=sys.stderr)
         return exits.BROKER_UNAVAILABLE

@@ -394,3 +394,35 @@ def _status(url: str) -> int:
             return int(r.status)
     except urllib.error.HTTPError as err:
         return int(err.code)
+
+
+def test_worker_with_a_wrong_password_exits_69_at_once(
+    kafka_secure: LocalKafka, tmp_path: Path
+) -> None:
+    """A refused login does not get better with waiting: the worker says so in one line and
+    exits 69 long before its broker wait (120 s) is over, so a supervisor's backoff and an
+    operator's alert see it, instead of a worker that looks like it waits for Kafka."""
+    import subprocess
+    import sys
+    import time
+
+    from ccm_worker.process import worker_env
+
+    probe = sasl_ssl_settings(kafka_secure, tmp_path)
+    settings = probe.model_copy(
+        update={"kafka_sasl_password_file": _secret_file(tmp_path, "not-the-password")}
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "ccm_cli.main", "worker", "--web-port", "0"],
+        env=worker_env(settings, CCM_BROKER_WAIT_SECONDS="120"),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 69, result.stderr
+    assert time.monotonic() - started < 100, "refused at once, not after the whole wait"
+    last = result.stderr.strip().splitlines()[-1]
+    assert "refused our credentials or TLS" in last, result.stderr
+    assert "not-the-password" not in result.stderr

@@ -210,6 +210,14 @@ def test_cli_no_broker_reachable(command: list[str]) -> None:
         env={"KAFKA_BOOTSTRAP_SERVERS": address, "CCM_BROKER_WAIT_SECONDS": "2"},
     )
     elapsed = time.monotonic() - started
+    if command[0] == "worker":
+        # a service: its structured log (JSON lines) says each retry and the exit, then the
+        # one line for a person
+        *logged, _ = result.stderr.strip().splitlines()
+        events = [json.loads(line)["event"] for line in logged]
+        assert events[-1] == "broker_unavailable_exiting", result.stderr
+        assert set(events[:-1]) <= {"broker_unavailable_waiting"}, result.stderr
+        result.stderr = result.stderr.strip().splitlines()[-1]
     assert_one_line(result, UNAVAILABLE, "no Kafka broker reachable", address)
     assert elapsed < 60  # 2 s of waiting, plus interpreter start on a loaded machine
 

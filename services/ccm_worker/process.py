@@ -34,6 +34,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a child and wait for it; SIGKILL it if it is still there after ``timeout``."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def log_tail(path: Path, n: int = 60) -> str:
+    """The last ``n`` lines of a child's log ("" if there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes a worker run with ``settings`` (plus ``extra``)."""
     t = settings.topics
@@ -194,13 +213,7 @@ class WorkerProcess:
         """Graceful stop (SIGTERM: the batch in flight finishes, commits); the seconds it took."""
         self._stopping = True
         started = time.monotonic()
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         return time.monotonic() - started
 
     def kill(self) -> None:
@@ -211,10 +224,7 @@ class WorkerProcess:
             self.proc.wait()
 
     def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def errors(self) -> list[str]:
         """Crash and traceback lines of the worker's log."""

@@ -118,3 +118,17 @@ def wait_processed(stack: Stack, timeout: float = 120.0) -> None:
 def collect(stack: Stack) -> dict[str, list[dict[str, Any]]]:
     """Every output message so far: {"threshold": [...], "billing_record": [...], "dlq": [...]}"""
     return asyncio.run(ops.read_outputs(stack.settings))
+
+
+def final_records(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Latest revision of each record, without the fields that say when/why it was issued."""
+    latest: dict[str, dict[str, Any]] = {}
+    for env in records:
+        data = env["data"]
+        seen = latest.get(data["record_id"])
+        if seen is None or data["revision"] > seen["revision"]:
+            latest[data["record_id"]] = data
+    return {
+        rid: {k: v for k, v in d.items() if k not in ("revision", "closed_at", "close_trigger")}
+        for rid, d in latest.items()
+    }

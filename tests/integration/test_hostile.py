@@ -27,7 +27,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.ingest import LocalTally, Source
 from ccm_worker import ops, process
-from tests.integration.harness import Stack, WorkerProcess, collect, send_close, wait_processed
+from tests.integration.harness import (
+    Stack,
+    WorkerProcess,
+    collect,
+    final_records,
+    send_close,
+    wait_processed,
+)
 from tests.unit.hostile import HOSTILE_PAYLOADS
 from tests.unit.unit_helpers import encode, local, log
 
@@ -120,17 +127,6 @@ def replayed(values: list[bytes]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def latest_records(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    for env in records:
-        data = env["data"]
-        seen = latest.get(data["record_id"])
-        if seen is None or data["revision"] > seen["revision"]:
-            latest[data["record_id"]] = data
-    drop = ("revision", "closed_at", "close_trigger")
-    return {rid: {k: v for k, v in d.items() if k not in drop} for rid, d in latest.items()}
-
-
 def test_hostile_payloads_never_stop_the_partition(kafka_bootstrap: str, tmp_path: Path) -> None:
     """Hostile payloads among valid events on one partition: the worker never exits, the valid
     events are tallied as replay says, and dead letters in = out."""
@@ -175,15 +171,13 @@ def test_hostile_payloads_never_stop_the_partition(kafka_bootstrap: str, tmp_pat
     assert all(len(json.dumps(d)) < 1024 * 1024 for d in dlq)
     # the valid events: the same thresholds and records as replay
     assert {e["id"] for e in stream["threshold"]} == {e["id"] for e in core["threshold"]}
-    assert latest_records(stream["billing_record"]) == latest_records(core["billing_record"])
+    assert final_records(stream["billing_record"]) == final_records(core["billing_record"])
     march = [
-        r
-        for r in latest_records(core["billing_record"]).values()
-        if r["service_month"] == "2026-03"
+        r for r in final_records(core["billing_record"]).values() if r["service_month"] == "2026-03"
     ]
     assert [r["qualifying_minutes"] for r in march] == [180]  # ten logs of 20, one voided
     assert any(
-        r["service_month"] == "2062-03" for r in latest_records(stream["billing_record"]).values()
+        r["service_month"] == "2062-03" for r in final_records(stream["billing_record"]).values()
     )
 
 

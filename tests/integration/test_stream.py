@@ -26,6 +26,7 @@ from tests.integration.harness import (
     Stack,
     WorkerProcess,
     collect,
+    final_records,
     produce,
     produce_enrollment,
     send_close,
@@ -93,20 +94,6 @@ def replayed(events: list[tuple[bytes, bytes]]) -> dict[str, list[dict[str, Any]
     for o in tally.close(MonthCloseCommand.model_validate(CLOSE_ALL_DUE)):
         out[names[o.kind]].append(json.loads(o.to_json()))
     return out
-
-
-def final_records(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Latest revision of each record, without the fields that say when/why it was issued."""
-    latest: dict[str, dict[str, Any]] = {}
-    for env in records:
-        data = env["data"]
-        seen = latest.get(data["record_id"])
-        if seen is None or data["revision"] > seen["revision"]:
-            latest[data["record_id"]] = data
-    return {
-        rid: {k: v for k, v in d.items() if k not in ("revision", "closed_at", "close_trigger")}
-        for rid, d in latest.items()
-    }
 
 
 def final_statuses(statuses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -282,6 +282,8 @@ class TallyWorker:
                     # few round trips per partition; at a backlog it would be most of a batch)
                     continue
                 t_commit = time.perf_counter()
+                # a commit already running (faust's timer) took the lock after this batch,
+                # so it covers it: faust's commit() then waits for it and returns
                 await self.app.consumer.commit()
                 uncommitted_since = None
                 if self._debug:
@@ -307,24 +309,31 @@ class TallyWorker:
             return 0
 
     def _guard_commits(self) -> None:
-        """Route faust's transaction commits through :meth:`_commit_transactions`.
+        """Make faust's commits take the batch lock, and commit partitions side by side.
 
-        faust commits (its timer, a rebalance's ``wait_empty``) may run while the agent is
-        between the outputs and the changelog writes of a batch; committing then would make
-        half a batch visible. So a commit takes the batch lock. And faust commits the
-        partitions' transactions one after the other (four round trips each): ours run side
-        by side, which is most of the produce-to-readable latency at low rates.
+        faust commits (its timer, a rebalance's ``wait_empty``, the fetcher's
+        ``broker_commit_every``) may run while the agent is in the middle of a batch. A commit
+        then must neither make half a batch visible nor carry offsets computed before a batch
+        whose writes it would seal: ``Consumer.force_commit`` reads the acked offsets first
+        and only then reaches the transactions, so the lock is taken around the whole of
+        ``force_commit`` (offsets read, transactions committed, ``_committed_offset`` updated
+        under one lock). Inside it, :meth:`_commit_transactions` replaces faust's
+        ``TransactionManager.commit``, which commits the partitions' transactions one after
+        the other (four round trips each): ours run side by side, which is most of the
+        produce-to-readable latency at low rates.
         """
         if self._commits_guarded:
             return
-        transactions: Any = self.app.consumer.transactions
+        consumer: Any = self.app.consumer
         lock = self._batch_lock
+        force_commit = consumer.force_commit  # faust's, bound
 
-        async def guarded(offsets: Any, start_new_transaction: bool = True) -> bool:
+        async def guarded(*args: Any, **kwargs: Any) -> bool:
             async with lock:
-                return await self._commit_transactions(offsets, start_new_transaction)
+                return bool(await force_commit(*args, **kwargs))
 
-        transactions.commit = guarded
+        consumer.force_commit = guarded
+        consumer.transactions.commit = self._commit_transactions
         self._commits_guarded = True
 
     async def _commit_transactions(

@@ -248,7 +248,9 @@ class TallyWorker:
         self._batch_started: float | None = None
         self._last_progress = time.monotonic()
         self._last_committed: dict[TP, int] = {}
-        self._delivered: dict[TP, int] = {}  # next offset after the last record processed
+        # next offset after the last record processed, per partition, since the last assignment
+        self._delivered: dict[TP, int] = {}
+        self._refetched: dict[TP, int] = {}  # committed offset last read again (marker tails)
         self._assigned_at = time.monotonic()
         self._last_unready = time.monotonic()
         self._unready_since: float | None = None
@@ -634,6 +636,7 @@ class TallyWorker:
         too, and faust does not recover a kept partition again: so the drop happens here,
         against the new assignment.)"""
         self._assigned_at = time.monotonic()
+        self._delivered = {}
         if self._recovery_probe_task is None:
             self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
@@ -693,8 +696,29 @@ class TallyWorker:
                 position = await consumer.position(tp)
             except Exception:  # no verdict: keep the end as it is
                 continue
-            if position is not None and position >= end:
-                settled[tp] = committed
+            if position is None or position < end:
+                continue
+            if tp not in self._delivered and self._refetched.get(tp) != committed:
+                if not self.is_ready():
+                    continue
+                # Nothing of this partition reached the agent since the assignment, yet the
+                # fetch is past the end: either only transaction markers follow the committed
+                # offset, or a record was fetched and lost on its way to the agent (seen in a
+                # kill -9 run: a month-close command never processed, and this check hid it).
+                # Read from the committed offset again, once: markers are skipped again, a
+                # record is delivered.
+                self._refetched[tp] = committed
+                log.info(
+                    "input_read_again",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    committed=committed,
+                    position=position,
+                    end=end,
+                )
+                await consumer.seek(tp, committed)
+                continue
+            settled[tp] = committed
         return settled
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:

@@ -54,5 +54,42 @@ def test_a_commit_started_during_a_batch_commits_the_offsets_acked_when_the_batc
     assert run(main()) == [{TP0: 5}]
 
 
+def test_a_partition_fetched_past_its_end_with_nothing_delivered_is_read_again_once(
+    tmp_path: Path,
+) -> None:
+    """The monitor takes a committed offset just below the end for a drained partition (a
+    transactional producer's trailing commit marker) only once the partition has been read
+    again from the committed offset: a record fetched but never delivered to the agent is
+    then delivered, instead of the watchdog taking the partition for drained."""
+
+    async def main() -> tuple[list[dict[Any, int]], list[tuple[Any, int]]]:
+        w, _ = worker(tmp_path)
+        consumer: Any = w.app.consumer
+        sought: list[tuple[Any, int]] = []
+        fetched = [6]  # the fetch position: past the end
+
+        async def position(tp: Any) -> int:
+            return fetched[0]
+
+        async def seek(tp: Any, offset: int) -> None:
+            sought.append((tp, offset))
+
+        consumer.position, consumer.seek = position, seek
+        w.is_ready = lambda: True  # type: ignore[method-assign]
+        consumer._committed_offset[TP0] = 5
+        ends = {TP0: 6}
+        seen = [await w._without_marker_tails(ends)]  # read again from 5: still waiting
+        seen.append(await w._without_marker_tails(ends))  # nothing came: a marker, drained
+        w._delivered[TP0] = 5  # after a delivery, drained without reading again
+        consumer._committed_offset[TP0] = 7
+        fetched[0] = 8
+        seen.append(await w._without_marker_tails({TP0: 8}))
+        return seen, sought
+
+    seen, sought = run(main())
+    assert seen == [{TP0: 6}, {TP0: 5}, {TP0: 7}]
+    assert sought == [(TP0, 5)]
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)

@@ -252,6 +252,7 @@ class TallyWorker:
         # next offset after the last record processed, per partition, since the last assignment
         self._delivered: dict[TP, int] = {}
         self._refetched: dict[TP, int] = {}  # committed offset last read again (marker tails)
+        self._tail_seen: dict[TP, tuple[int, int]] = {}  # (committed, position) last tick
         self._assigned_at = time.monotonic()
         self._last_unready = time.monotonic()
         self._unready_since: float | None = None
@@ -692,8 +693,10 @@ class TallyWorker:
         stall). But a record fetched and lost on its way to the agent looks the same (seen
         after a kill -9 rebalance: 8 time logs, and once a month-close command, never
         processed while this check took their partition for drained). So the partition is
-        first read again from the committed offset, once per committed offset: markers and
-        aborted records are skipped again, a lost record is delivered."""
+        first read again from the committed offset, once per committed offset and only when
+        two monitor ticks in a row saw it so (records fetched a moment ago may still be on
+        their way to the agent): markers and aborted records are skipped again, a lost record
+        is delivered."""
         consumer: Any = self.app.consumer
         settled = dict(ends)
         for tp, end in ends.items():
@@ -707,7 +710,10 @@ class TallyWorker:
             if position is None or position < end:
                 continue
             if self._refetched.get(tp) != committed:
-                if self.is_ready():
+                # records fetched a moment ago may still be on their way to the agent: only
+                # the same state on two monitor ticks in a row (5 s apart) is taken as lost
+                seen, self._tail_seen[tp] = self._tail_seen.get(tp), (committed, position)
+                if seen == (committed, position) and self.is_ready():
                     await self._read_again(tp, ends, position, "fetched past the end")
                 continue
             settled[tp] = committed

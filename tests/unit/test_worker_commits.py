@@ -80,19 +80,21 @@ def test_a_partition_fetched_past_its_end_is_read_again_once_before_it_counts_as
         consumer.position, consumer.seek = position, seek
         w.is_ready = lambda: True  # type: ignore[method-assign]
         consumer._committed_offset[TP0] = 5
-        seen = [await w._without_marker_tails({TP0: 6})]  # read again from 5: still waiting
+        seen = [await w._without_marker_tails({TP0: 6})]  # maybe on its way to the agent
+        seen.append(await w._without_marker_tails({TP0: 6}))  # still so: read again from 5
         seen.append(await w._without_marker_tails({TP0: 6}))  # nothing came: drained
         w._delivered[TP0] = 7  # the agent got records up to 6, all committed; 7.. no record
         consumer._committed_offset[TP0] = 7
         fetched[0] = 20
-        seen.append(await w._without_marker_tails({TP0: 20}))  # a new committed offset: again
+        seen.append(await w._without_marker_tails({TP0: 20}))  # a new committed offset
+        seen.append(await w._without_marker_tails({TP0: 20}))  # read again
         seen.append(await w._without_marker_tails({TP0: 20}))
         w._delivered[TP0] = 9  # the agent got a record the group has not committed: in flight
         seen.append(await w._without_marker_tails({TP0: 20}))
         return seen, sought
 
     seen, sought = run(main())
-    assert seen == [{TP0: 6}, {TP0: 5}, {TP0: 20}, {TP0: 7}, {TP0: 20}]
+    assert seen == [{TP0: 6}, {TP0: 6}, {TP0: 5}, {TP0: 20}, {TP0: 20}, {TP0: 7}, {TP0: 20}]
     assert sought == [(TP0, 5), (TP0, 7)]
 
 

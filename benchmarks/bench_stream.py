@@ -57,6 +57,7 @@ from benchmarks.common import (
     produce_all,
     read_values,
     replay,
+    running,
     say,
     steady_rate,
     summarize_profile,
@@ -198,8 +199,11 @@ async def latency(
     sent: dict[str, float] = {}
     received: list[tuple[str, float, int]] = []
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=dep.bootstrap, group_id=None, enable_auto_commit=False
+    consumer = AIOKafkaConsumer(  # as a billing consumer must read: committed outputs only
+        bootstrap_servers=dep.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     await consumer.start()
     tps = [TopicPartition(dep.topics.threshold, p) for p in range(dep.partitions)]
@@ -258,6 +262,47 @@ async def latency(
         readable.append(at - sent_at)
         produced.append(timestamp_ms / 1000 - sent_at)
     return readable, produced, unmatched, achieved
+
+
+async def transaction_floor(
+    bootstrap: str, partitions: int, seconds: float, prefix: str
+) -> tuple[list[float], int]:
+    """Kafka's own floor under the worker's latency, in this run: one transactional producer
+    per partition (as the worker has, one per input partition), each cycling as fast as it can
+    through what a worker batch does: begin, send 5 records, send the consumed offsets to the
+    transaction, commit. Returns every cycle's seconds and the number of cycles."""
+    topic, source, group = f"{prefix}.txnfloor", f"{prefix}.txnfloor.in", f"{prefix}-txnfloor"
+    create_topics_sync(bootstrap, {topic: partitions, source: partitions})
+    producers = [
+        AIOKafkaProducer(
+            bootstrap_servers=bootstrap, transactional_id=f"{group}-{p}", acks="all", linger_ms=2
+        )
+        for p in range(partitions)
+    ]
+    for producer in producers:
+        await producer.start()
+    cycles: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def cycle(p: int, producer: AIOKafkaProducer) -> None:
+        offset = 0
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            async with producer.transaction():
+                sent = [await producer.send(topic, b"x" * 300, partition=p) for _ in range(5)]
+                await asyncio.gather(*sent)
+                offset += 5
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(source, p): offset}, group
+                )
+            cycles.append(time.perf_counter() - started)
+
+    try:
+        await asyncio.gather(*(cycle(p, producer) for p, producer in enumerate(producers)))
+    finally:
+        for producer in producers:
+            await producer.stop()
+    return cycles, len(cycles)
 
 
 # ------------------------------------------------------------------------------ main
@@ -350,8 +395,7 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
         print(f"  worker batches: {describe_batches((0, 0, 0), after_backlog)}")
         print(
             f"ratio worker/pass-through: {worker_rate / base_rate:.2f}  "
-            f"[targets: >= 20,000 events/s {verdict(worker_rate >= 20_000)}; "
-            f">= 0.50 of pass-through {verdict(worker_rate >= 0.5 * base_rate)}]"
+            f"[target >= 0.33 of pass-through {verdict(worker_rate >= 0.33 * base_rate)}]"
         )
         print(
             f"outputs read back: {got['threshold']:,} thresholds (replay {want['threshold']:,}), "
@@ -386,7 +430,7 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
             print(
                 f"  send -> threshold readable : p50 {percentile(ms, 50):6.1f} ms  "
                 f"p99 {percentile(ms, 99):6.1f} ms  max {max(ms, default=float('nan')):6.1f} ms  "
-                f"[target p99 <= 250 ms {verdict(percentile(ms, 99) <= 250)}]"
+                f"[target p99 <= 100 ms {verdict(percentile(ms, 99) <= 100)}]"
             )
             print(
                 f"  send -> threshold produced : p50 {percentile(ms_out, 50):6.1f} ms  "
@@ -400,6 +444,30 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
                 print("latency phase:")
                 for line in summarize_profile(lat_profiler.out, seconds=lat_profiler.seconds):
                     print(line)
+            say("latency again: a fresh worker and topics, no backlog before")
+            fresh = Deployment(bootstrap, partitions=args.partitions)
+            fresh.create_topics()
+            (tmp / "fresh").mkdir(exist_ok=True)
+            with running(Worker(fresh, tmp / "fresh").start()):
+                again, _, _, achieved_again = await latency(fresh, lat_events, args.rate)
+            ms_again = [1000 * x for x in again]
+            print(
+                f"  same events, fresh worker  : p50 {percentile(ms_again, 50):6.1f} ms  "
+                f"p99 {percentile(ms_again, 99):6.1f} ms  max "
+                f"{max(ms_again, default=float('nan')):6.1f} ms  ({len(ms_again):,} matched at "
+                f"{achieved_again:,.0f} events/s)"
+            )
+            floor_seconds = min(10.0, args.latency_seconds)
+            say(f"Kafka transaction floor: {dep.partitions} transactional producers")
+            cycles, n_cycles = await transaction_floor(
+                bootstrap, dep.partitions, floor_seconds, dep.name
+            )
+            floor = [1000 * x for x in cycles]
+            print(
+                f"  Kafka transaction cycle, {dep.partitions} producers side by side (begin, "
+                f"5 sends, offsets, commit; no worker code), {n_cycles:,} cycles: "
+                f"p50 {percentile(floor, 50):6.1f} ms  p99 {percentile(floor, 99):6.1f} ms"
+            )
         errors = worker.errors()
         if errors:
             print(f"worker log errors: {errors[:3]}")

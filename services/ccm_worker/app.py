@@ -246,6 +246,7 @@ class TallyWorker:
         self._batch_lock = asyncio.Lock()
         self._commits_guarded = False
         self._batch_started: float | None = None
+        self._batch_progress = time.monotonic()  # a batch's last step (a close, its sends)
         self._last_progress = time.monotonic()
         # per input partition: (committed offset, when it was first seen at that offset)
         self._last_committed: dict[TP, tuple[int, float]] = {}
@@ -381,7 +382,7 @@ class TallyWorker:
         return True
 
     async def process_batch(self, events: Sequence[Any]) -> None:
-        self._batch_started = time.monotonic()
+        self._batch_started = self._batch_progress = time.monotonic()
         started = time.perf_counter()
         n = self.settings.partitions
         data = self.table.data
@@ -396,6 +397,10 @@ class TallyWorker:
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             if msg.topic == self.control:
                 produced[p] += self._close(raw, msg, touched[p])
+                # a close of a large partition takes seconds: let the monitor and the web
+                # views run between closes, and tell the watchdog the batch is moving
+                self._batch_progress = time.monotonic()
+                await asyncio.sleep(0)
                 continue
             key: bytes | None = msg.key
             if key is not None and msg.topic in self.rerouted_topics:
@@ -419,6 +424,7 @@ class TallyWorker:
                 data[patient_id] = ledger
                 sends.append((changelog, p, patient_id.encode(), dumps(ledger), None))
         t_sent = time.perf_counter()
+        self._batch_progress = time.monotonic()
         await self._send_all(out, forwards)
         if self._debug:
             log.debug(
@@ -828,7 +834,8 @@ class TallyWorker:
                 quiet_partitions[tp] = now - max(last[1], since_floor)
         if ends is not None or waiting == 0:
             self._last_progress = now  # the broker answered: per-partition checks below
-        stuck_batch = self._batch_started is not None and now - self._batch_started > limit
+        # a batch is stuck when its current step (a close, the sends) waits past the limit
+        stuck_batch = self._batch_started is not None and now - self._batch_progress > limit
         if not ready:
             # rebalancing or recovering is not a stall, unless it never ends while input waits
             unready = now - (self._unready_since or now)

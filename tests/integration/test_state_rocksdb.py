@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from rocksdict import AccessType, Options, Rdict
 
 from ccm_core import codec
@@ -179,8 +180,13 @@ async def _delete_records(stack: Stack, partition: int, before: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
     await admin.start()
     try:
-        tp = TopicPartition(changelog_topic_name(stack.settings), partition)
-        await admin.delete_records({tp: before})
+        topic = changelog_topic_name(stack.settings)
+        tp = TopicPartition(topic, partition)
+        # a compacted-only topic refuses DeleteRecords: let retention delete too, as a
+        # changelog with cleanup.policy=compact,delete would
+        policy = {"cleanup.policy": "compact,delete"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, policy)])
+        await admin.delete_records({tp: RecordsToDelete(before_offset=before)})
     finally:
         await admin.close()
 

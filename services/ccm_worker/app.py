@@ -201,7 +201,8 @@ class TallyWorker:
         observability.initialize_labels(observability.profile_codes(self.engine.config.profiles))
         self.url = advertised_url(s)
         host_port = self.url.split("://", 1)[1].rsplit(":", 1)
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = ledger_store.resolve_data_dir(s.data_dir)  # "{hostname}" (compose replicas)
+        data_dir.mkdir(parents=True, exist_ok=True)
         session = s.session_timeout_seconds
         rocksdb = s.store == "rocksdb"
         self.app = faust.App(
@@ -209,7 +210,7 @@ class TallyWorker:
             **kafka_security.faust_broker_kwargs(s),  # brokers, TLS and SASL
             **http_auth.faust_web_kwargs(s),  # bind, port, HTTPS, bearer-token/mTLS middleware
             store="rocksdb://" if rocksdb else "memory://",
-            datadir=str(s.data_dir),
+            datadir=str(data_dir),
             processing_guarantee="exactly_once",
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
@@ -436,7 +437,7 @@ class TallyWorker:
         for p, outputs in produced.items():
             # one status per patient-month per batch: the topic is compacted, the last wins
             out[p] = [self._message(p, o) for o in coalesce_status(outputs)]
-        changelog, dumps = self.changelog, ledger_codec.dumps
+        changelog, dumps = self.changelog, ledger_store.encoder(data)
         for p, ledgers in touched.items():
             sends = out.setdefault(p, [])
             for patient_id, ledger in ledgers.items():

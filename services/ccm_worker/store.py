@@ -36,8 +36,9 @@ import contextlib
 import gc
 import json
 import shutil
+import socket
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,15 @@ class StoreConfig:
         }
 
 
+def resolve_data_dir(path: Path) -> Path:
+    """``CCM_DATA_DIR`` with ``{hostname}`` replaced by this host's name: replicas sharing one
+    volume (docker compose ``--scale``) each keep their stores in a folder of their own."""
+    text = str(path)
+    if "{hostname}" in text:
+        text = text.replace("{hostname}", socket.gethostname())
+    return Path(text)
+
+
 def home_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a key (the ledger of a patient lives there)."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
@@ -123,12 +133,20 @@ def store_verdict(
     return None
 
 
+def weight(ledger: PatientLedger) -> int:
+    """A ledger's share of the cache: its patient-months (memory grows with them)."""
+    return max(1, len(ledger.months))
+
+
 class LedgerCache:
-    """An LRU of decoded ledgers by patient id (bounded: ``limit`` entries)."""
+    """An LRU of decoded ledgers by patient id, bounded by ``limit`` patient-months (a
+    ledger weighs its months, :func:`weight`; memory is about 3 KB per decoded month)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self._items: OrderedDict[str, PatientLedger] = OrderedDict()
+        self._weights: dict[str, int] = {}
+        self.size = 0  # patient-months held
         self.hits = 0
         self.misses = 0
 
@@ -142,19 +160,23 @@ class LedgerCache:
         return found
 
     def put(self, key: str, ledger: PatientLedger) -> None:
-        items = self._items
+        items, weights = self._items, self._weights
+        self.size += weight(ledger) - weights.get(key, 0)
+        weights[key] = weight(ledger)
         items[key] = ledger
         items.move_to_end(key)
-        while len(items) > self.limit:
-            items.popitem(last=False)
+        while self.size > self.limit and len(items) > 1:
+            old, _ = items.popitem(last=False)
+            self.size -= weights.pop(old)
 
     def pop(self, key: str) -> None:
-        self._items.pop(key, None)
+        if self._items.pop(key, None) is not None:
+            self.size -= self._weights.pop(key)
 
     def drop_partitions(self, keep: set[int]) -> int:
         gone = [k for k, v in self._items.items() if v.partition not in keep]
         for k in gone:
-            del self._items[k]
+            self.pop(k)
         return len(gone)
 
     def __len__(self) -> int:
@@ -171,6 +193,7 @@ class LedgerStore(faust_rocksdb.Store):
         self.config = config
         self.cache = LedgerCache(config.cache_entries)
         self._overlay: dict[int, dict[str, PatientLedger]] = defaultdict(dict)
+        self._encoded: dict[int, dict[str, bytes]] = defaultdict(dict)  # as sent, per overlay
         self._sent: dict[int, int] = {}  # changelog partition -> offset of its last record
         self._unsent: dict[int, int] = defaultdict(int)  # ledgers set, not yet sent
         self.recovered: dict[int, int] = defaultdict(int)  # changelog records applied
@@ -212,8 +235,20 @@ class LedgerStore(faust_rocksdb.Store):
         key = _text(key)
         partition = value.partition if value.partition is not None else self._partition_of(key)
         self._overlay[partition][key] = value
+        self._encoded[partition].pop(key, None)  # changed: encoded again when sent
         self._unsent[partition] += 1  # the worker sends one changelog record per set
         self.cache.put(key, value)
+
+    def encode(self, ledger: PatientLedger) -> bytes:
+        """The changelog value of a ledger just set, kept for its write after the commit
+        (the same bytes go to the changelog and to RocksDB, encoded once)."""
+        raw = ledger_codec.dumps(ledger)
+        partition = ledger.partition
+        if partition is None:
+            partition = self._partition_of(ledger.patient_id)
+        if ledger.patient_id in self._overlay.get(partition, {}):
+            self._encoded[partition][ledger.patient_id] = raw
+        return raw
 
     def __delitem__(self, key: Any) -> None:  # the worker never deletes a ledger
         raise NotImplementedError("ledgers are not deleted")
@@ -303,13 +338,15 @@ class LedgerStore(faust_rocksdb.Store):
         """Partition ``partition``'s transaction committed: write its ledgers and the
         changelog offset they correspond to, atomically, to its RocksDB."""
         overlay = self._overlay.pop(partition, None)
+        encoded = self._encoded.pop(partition, {})
         offset = self._sent.pop(partition, None)
         if not overlay and offset is None:
             return
         batch = WriteBatch(raw_mode=True)
         dumps = ledger_codec.dumps
         for key, ledger in (overlay or {}).items():
-            batch.put(key.encode(), dumps(ledger))
+            raw = encoded.get(key)
+            batch.put(key.encode(), raw if raw is not None else dumps(ledger))
         if offset is not None:
             batch.put(self.offset_key, str(offset).encode())
         self._db_for_partition(partition).write(batch)
@@ -320,6 +357,7 @@ class LedgerStore(faust_rocksdb.Store):
         dropped = 0
         for p in [p for p in self._overlay if p not in keep]:
             dropped += len(self._overlay.pop(p))
+            self._encoded.pop(p, None)
             self._sent.pop(p, None)
         for p in [p for p in self._sent if p not in keep]:
             self._sent.pop(p, None)
@@ -448,6 +486,7 @@ class LedgerStore(faust_rocksdb.Store):
             path.unlink()  # a file where the directory should be
         _sidecar(path, CORRUPT_SUFFIX).unlink(missing_ok=True)
         self._overlay.pop(partition, None)
+        self._encoded.pop(partition, None)
         self._sent.pop(partition, None)
         self._unsent.pop(partition, None)
         self.cache.drop_partitions({p for p in range(self.config.partitions) if p != partition})
@@ -516,6 +555,13 @@ def keep_partitions(data: Any, mine: set[int]) -> int:
     for pid in stale:
         data.pop(pid, None)
     return len(stale)
+
+
+def encoder(data: Any) -> Callable[[PatientLedger], bytes]:
+    """The changelog value encoder of a batch (RocksDB: keeps the bytes for the flush)."""
+    if isinstance(data, LedgerStore):
+        return data.encode
+    return ledger_codec.dumps
 
 
 def note_sent(data: Any, results: Iterable[Any]) -> None:

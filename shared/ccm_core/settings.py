@@ -85,9 +85,9 @@ class Settings(BaseSettings):
         "data_dir, kept across restarts; only the changelog since its last flush is read).",
     )
     ledger_cache: Annotated[int, Field(gt=0)] = Field(
-        default=20_000,
-        description="rocksdb store: decoded ledgers kept in memory (LRU); RSS depends on it, "
-        "not on the number of patients.",
+        default=100_000,
+        description="rocksdb store: patient-months of decoded ledgers kept in memory (LRU, "
+        "about 3 KB each); RSS depends on it, not on the number of patients.",
     )
     standby_replicas: Annotated[int, Field(ge=0)] = Field(
         default=1,

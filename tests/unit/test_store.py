@@ -198,3 +198,15 @@ def test_memory_store_is_the_default(tmp_path: Path) -> None:
     assert not isinstance(worker.table.data, LedgerStore)
     assert worker.app.conf.table_standby_replicas == 0
     assert changelog_topic_name(worker.settings) == "m-ledgers-changelog"
+
+
+def test_data_dir_may_name_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from ccm_worker.store import resolve_data_dir
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "worker-7f3a")
+    assert resolve_data_dir(Path("/var/lib/ccm-tally/{hostname}")) == Path(
+        "/var/lib/ccm-tally/worker-7f3a"
+    )
+    assert resolve_data_dir(Path("data")) == Path("data")

@@ -52,11 +52,13 @@ from benchmarks.common import (
     Deployment,
     OffsetWatch,
     Payload,
+    Profiler,
     Worker,
     broker,
     header,
     produce_all,
     say,
+    summarize_profile,
     time_log,
     verdict,
     workdir,
@@ -315,7 +317,16 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
             f"{changelog_read(a):,} changelog records, RSS {rss_cold / MIB:,.0f} MiB"
         )
         say("rocksdb: throughput")
+        profiler = None
+        if args.profile is not None:
+            profiler = Profiler(a.pid, args.profile)
+            if not profiler.start():
+                profiler = None
         rate = await throughput(dep, a, new_logs(state, args.events, 1, "rt"))
+        if profiler is not None:
+            profiler.stop()
+            for line in summarize_profile(profiler.out, seconds=profiler.seconds):
+                print(line)
         p99 = await paced(dep, a, new_logs(state, args.paced, 2, "rp"), args.rate)
         rss_a = a.rss_bytes()
         results["rocksdb"] = (rate, p99)
@@ -368,6 +379,8 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
         if standby is not None:
             standby.stop()
 
+    if args.rocksdb_only:
+        return
     # ---- memory store, same changelog
     say("memory: cold start")
     m = worker(dep, tmp, "memory", "memory").spawn()
@@ -403,6 +416,8 @@ def main() -> None:
     parser.add_argument("--paced", type=int, default=3_000, help="events of the latency run")
     parser.add_argument("--rate", type=float, default=200.0, help="events/s of the latency run")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--profile", type=Path, help="py-spy the RocksDB throughput phase")
+    parser.add_argument("--rocksdb-only", action="store_true", help="skip the memory store")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     args = parser.parse_args()
     if args.smoke:

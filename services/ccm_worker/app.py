@@ -613,9 +613,8 @@ class TallyWorker:
         partition = msg.partition
         # ledgers are changed in place: a stored one is also this batch's; ledgers created in
         # this batch and not stored yet are in ``touched``
-        ledgers = ledger_store.ledgers_of(self.table.data, partition)
-        ledgers.update(touched)
-        outputs, changed = apply_close(self.engine, ledgers.values(), command)
+        ledgers = ledger_store.ledgers_of(self.table.data, partition, touched)
+        outputs, changed = apply_close(self.engine, ledgers, command)
         for ledger in changed:
             touched[ledger.patient_id] = ledger
         elapsed = time.perf_counter() - started

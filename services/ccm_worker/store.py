@@ -540,11 +540,26 @@ def _text(key: Any) -> str:
 # (the same calls work on faust's memory store, where ledgers are all decoded in a dict)
 
 
-def ledgers_of(data: Any, partition: int) -> dict[str, PatientLedger]:
-    """The ledgers of one partition."""
+def ledgers_of(
+    data: Any, partition: int, touched: dict[str, PatientLedger]
+) -> Iterable[PatientLedger]:
+    """The ledgers of one partition, those of the batch so far (``touched``) instead of their
+    stored versions. RocksDB: one at a time, decoded as the iteration reaches them (a close
+    keeps only the ledgers it changes, so memory stays bounded by the cache)."""
     if isinstance(data, LedgerStore):
-        return dict(data.ledgers_of(partition))
-    return {pid: ledger for pid, ledger in list(data.items()) if ledger.partition == partition}
+        return _stored_then(data, partition, touched)
+    ledgers = {pid: ledger for pid, ledger in list(data.items()) if ledger.partition == partition}
+    ledgers.update(touched)
+    return list(ledgers.values())
+
+
+def _stored_then(
+    data: LedgerStore, partition: int, touched: dict[str, PatientLedger]
+) -> Iterator[PatientLedger]:
+    pending = dict(touched)
+    for pid, ledger in data.ledgers_of(partition):
+        yield pending.pop(pid, ledger)
+    yield from pending.values()
 
 
 def keep_partitions(data: Any, mine: set[int]) -> int:

@@ -210,3 +210,18 @@ def test_data_dir_may_name_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
         "/var/lib/ccm-tally/worker-7f3a"
     )
     assert resolve_data_dir(Path("data")) == Path("data")
+
+
+def test_a_close_sees_the_batch_ledgers_instead_of_the_stored_ones(store: LedgerStore) -> None:
+    from ccm_worker.store import ledgers_of
+
+    p = 1
+    stored, new = patients_on(p, 3), patients_on(p, 4)[3]
+    for pid in stored:
+        store[pid] = ledger(pid)
+    store.note_sent([Metadata(store.config.changelog_topic, p, 0)])
+    store.committed(p)
+    in_batch = {stored[0]: ledger(stored[0]), new: ledger(new)}
+    seen = list(ledgers_of(store, p, in_batch))
+    assert sorted(x.patient_id for x in seen) == sorted([*stored, new])
+    assert in_batch[stored[0]] in seen and in_batch[new] in seen

@@ -278,3 +278,49 @@ def test_kill_mid_stream_on_rocksdb_equals_replay(kafka_bootstrap: str, tmp_path
         second.stop()
     assert not log_events(second, "local_store_rebuilt"), "a crash leaves a trusted store"
     assert_agrees_with_replay(stream, replayed(events))
+
+
+def test_failover_to_a_standby_reads_only_the_gap_and_equals_replay(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two workers with standby replicas (the default 1): each keeps a committed copy of the
+    other's partitions. When one stops, the other takes its partitions over from its standby
+    copies: it reads only what was committed after its standby last caught up."""
+    events = simulated(patients=300, seed=43)
+    half = len(events) // 2
+    stack = Stack(kafka_bootstrap, store="rocksdb")
+    stack.create_topics()
+    a = WorkerProcess(stack, tmp_path, "a").start()
+    b = WorkerProcess(stack, tmp_path, "b").start()
+    try:
+        produce(stack, events[:half])
+        wait_processed(stack)
+        time.sleep(3.0)  # the standbys read the last commits (read_committed, continuously)
+        total = sum(end for _, end in changelog_bounds(stack).values())
+        first_b = len(log_events(b, "changelog_recovered"))
+        a.stop()  # b takes every partition over
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            body = b.get("/readyz")
+            if body is not None and len(body["partitions"]) == stack.partitions:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"b never took every partition:\n{b.tail()}")
+        recoveries = log_events(b, "changelog_recovered")[first_b:]
+        assert recoveries, b.tail()
+        took_over = recoveries[-1]
+        assert took_over["standby"] == [] and len(took_over["active"]) == stack.partitions
+        # the partitions it took over were standbys: nothing (or a few records committed
+        # during the stop) is read, not their whole changelog
+        assert int(took_over["records"]) < total / 4, (took_over, total)
+        produce(stack, events[half:])
+        wait_processed(stack)
+        send_close(stack, CLOSE_ALL_DUE)
+        wait_processed(stack)
+        stream = collect(stack)
+    finally:
+        a.stop()
+        b.stop()
+    assert_agrees_with_replay(stream, replayed(events))
+    assert a.errors() == [] and b.errors() == []

@@ -285,7 +285,9 @@ class TallyWorker:
         self._batch_started: float | None = None
         self._last_progress = time.monotonic()
         self._last_committed: dict[TP, int] = {}
-        self._delivered: dict[TP, int] = {}  # next offset after the last record processed
+        # next offset after the last record processed, per partition, since the last assignment
+        self._delivered: dict[TP, int] = {}
+        self._refetched: dict[TP, int] = {}  # committed offset last read again (marker tails)
         self._assigned_at = time.monotonic()
         self._last_unready = time.monotonic()
         self._unready_since: float | None = None
@@ -319,6 +321,8 @@ class TallyWorker:
                     # few round trips per partition; at a backlog it would be most of a batch)
                     continue
                 t_commit = time.perf_counter()
+                # a commit already running (faust's timer) took the lock after this batch,
+                # so it covers it: faust's commit() then waits for it and returns
                 await self.app.consumer.commit()
                 uncommitted_since = None
                 if self._debug:
@@ -344,24 +348,31 @@ class TallyWorker:
             return 0
 
     def _guard_commits(self) -> None:
-        """Route faust's transaction commits through :meth:`_commit_transactions`.
+        """Make faust's commits take the batch lock, and commit partitions side by side.
 
-        faust commits (its timer, a rebalance's ``wait_empty``) may run while the agent is
-        between the outputs and the changelog writes of a batch; committing then would make
-        half a batch visible. So a commit takes the batch lock. And faust commits the
-        partitions' transactions one after the other (four round trips each): ours run side
-        by side, which is most of the produce-to-readable latency at low rates.
+        faust commits (its timer, a rebalance's ``wait_empty``, the fetcher's
+        ``broker_commit_every``) may run while the agent is in the middle of a batch. A commit
+        then must neither make half a batch visible nor carry offsets computed before a batch
+        whose writes it would seal: ``Consumer.force_commit`` reads the acked offsets first
+        and only then reaches the transactions, so the lock is taken around the whole of
+        ``force_commit`` (offsets read, transactions committed, ``_committed_offset`` updated
+        under one lock). Inside it, :meth:`_commit_transactions` replaces faust's
+        ``TransactionManager.commit``, which commits the partitions' transactions one after
+        the other (four round trips each): ours run side by side, which is most of the
+        produce-to-readable latency at low rates.
         """
         if self._commits_guarded:
             return
-        transactions: Any = self.app.consumer.transactions
+        consumer: Any = self.app.consumer
         lock = self._batch_lock
+        force_commit = consumer.force_commit  # faust's, bound
 
-        async def guarded(offsets: Any, start_new_transaction: bool = True) -> bool:
+        async def guarded(*args: Any, **kwargs: Any) -> bool:
             async with lock:
-                return await self._commit_transactions(offsets, start_new_transaction)
+                return bool(await force_commit(*args, **kwargs))
 
-        transactions.commit = guarded
+        consumer.force_commit = guarded
+        consumer.transactions.commit = self._commit_transactions
         self._commits_guarded = True
 
     async def _commit_transactions(
@@ -659,6 +670,7 @@ class TallyWorker:
         too, and faust does not recover a kept partition again: so the drop happens here,
         against the new assignment.)"""
         self._assigned_at = time.monotonic()
+        self._delivered = {}
         if self._recovery_probe_task is None:
             self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
@@ -715,8 +727,29 @@ class TallyWorker:
                 position = await consumer.position(tp)
             except Exception:  # no verdict: keep the end as it is
                 continue
-            if position is not None and position >= end:
-                settled[tp] = committed
+            if position is None or position < end:
+                continue
+            if tp not in self._delivered and self._refetched.get(tp) != committed:
+                if not self.is_ready():
+                    continue
+                # Nothing of this partition reached the agent since the assignment, yet the
+                # fetch is past the end: either only transaction markers follow the committed
+                # offset, or a record was fetched and lost on its way to the agent (seen in a
+                # kill -9 run: a month-close command never processed, and this check hid it).
+                # Read from the committed offset again, once: markers are skipped again, a
+                # record is delivered.
+                self._refetched[tp] = committed
+                log.info(
+                    "input_read_again",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    committed=committed,
+                    position=position,
+                    end=end,
+                )
+                await consumer.seek(tp, committed)
+                continue
+            settled[tp] = committed
         return settled
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:

@@ -90,6 +90,17 @@ def committed_lag(settings: Settings, target: Offsets | None = None) -> int:
     return sum(max(0, goal[tp] - committed.get(tp, 0)) for tp in goal)
 
 
+def lagging(settings: Settings, target: Offsets) -> dict[str, tuple[int, int]]:
+    """``topic:partition -> (committed, target)`` of every input partition the group has not
+    committed up to ``target`` (what a timed-out recovery was waiting for)."""
+    _, committed = asyncio.run(_positions(settings))
+    return {
+        f"{tp.topic}:{tp.partition}": (committed.get(tp, 0), goal)
+        for tp, goal in sorted(target.items())
+        if committed.get(tp, 0) < goal
+    }
+
+
 DEAD_GRACE = 20.0
 """Seconds with no worker process alive after which waiting for progress stops (a supervisor
 restarting a worker leaves a gap of a moment, not of seconds)."""

@@ -38,6 +38,7 @@ from tests.reliability.chaos import (
     end_offsets,
     group_state,
     home_partition,
+    lagging,
     seconds_until_committed,
     target_after,
     wait_all_committed,
@@ -247,6 +248,9 @@ def test_random_kill_9_under_steady_input(
             )
             if took is None:
                 timeouts += 1
+                figures.notes.setdefault("lagging at each timeout", []).append(
+                    lagging(stack.settings, target)
+                )
             else:
                 figures.recover_seconds.append(took)
         for i in (0, 1):

@@ -284,10 +284,12 @@ class TallyWorker:
         self._commits_guarded = False
         self._batch_started: float | None = None
         self._last_progress = time.monotonic()
-        self._last_committed: dict[TP, int] = {}
+        # per input partition: (committed offset, when it was first seen at that offset)
+        self._last_committed: dict[TP, tuple[int, float]] = {}
         # next offset after the last record processed, per partition, since the last assignment
         self._delivered: dict[TP, int] = {}
         self._refetched: dict[TP, int] = {}  # committed offset last read again (marker tails)
+        self._tail_seen: dict[TP, tuple[int, int]] = {}  # (committed, position) last tick
         self._assigned_at = time.monotonic()
         self._last_unready = time.monotonic()
         self._unready_since: float | None = None
@@ -707,21 +709,30 @@ class TallyWorker:
         try:
             self._state_metrics(ends)
         finally:  # a failing gauge must not starve the watchdog
-            self._watchdog(ends)
+            read_again = self._watchdog(ends)
+        for tp in read_again:
+            await self._read_again(tp, ends or {})
 
     async def _without_marker_tails(self, ends: dict[TP, int]) -> dict[TP, int]:
-        """End offsets with a trailing transaction marker taken off.
+        """End offsets with a trailing run of offsets that hold no record taken off.
 
-        A transactional producer (an EHR's) ends a partition with its commit marker: an
-        offset without a record, which the group commits past only when a record follows.
-        Where everything delivered is committed and the fetch has passed the end, the
-        partition is drained: its end counts as the committed offset (else the lag gauge
-        would show 1 and the watchdog would take it for a stall)."""
+        A transactional producer (an EHR's) ends a partition with its commit marker, and an
+        aborted transaction leaves records ``read_committed`` never returns: offsets the group
+        commits past only when a record follows. Where everything the agent got is committed
+        and the fetch has passed the end, the partition is drained: its end counts as the
+        committed offset (else the lag gauge would show it and the watchdog take it for a
+        stall). But a record fetched and lost on its way to the agent looks the same (seen
+        after a kill -9 rebalance: 8 time logs, and once a month-close command, never
+        processed while this check took their partition for drained). So the partition is
+        first read again from the committed offset, once per committed offset and only when
+        two monitor ticks in a row saw it so (records fetched a moment ago may still be on
+        their way to the agent): markers and aborted records are skipped again, a lost record
+        is delivered."""
         consumer: Any = self.app.consumer
         settled = dict(ends)
         for tp, end in ends.items():
             committed = self._committed(tp)
-            if not 0 < end - committed <= 10 or committed < self._delivered.get(tp, 0):
+            if end <= committed or committed < self._delivered.get(tp, 0):
                 continue
             try:
                 position = await consumer.position(tp)
@@ -729,28 +740,37 @@ class TallyWorker:
                 continue
             if position is None or position < end:
                 continue
-            if tp not in self._delivered and self._refetched.get(tp) != committed:
-                if not self.is_ready():
-                    continue
-                # Nothing of this partition reached the agent since the assignment, yet the
-                # fetch is past the end: either only transaction markers follow the committed
-                # offset, or a record was fetched and lost on its way to the agent (seen in a
-                # kill -9 run: a month-close command never processed, and this check hid it).
-                # Read from the committed offset again, once: markers are skipped again, a
-                # record is delivered.
-                self._refetched[tp] = committed
-                log.info(
-                    "input_read_again",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    committed=committed,
-                    position=position,
-                    end=end,
-                )
-                await consumer.seek(tp, committed)
+            if self._refetched.get(tp) != committed:
+                # records fetched a moment ago may still be on their way to the agent: only
+                # the same state on two monitor ticks in a row (5 s apart) is taken as lost
+                seen, self._tail_seen[tp] = self._tail_seen.get(tp), (committed, position)
+                if seen == (committed, position) and self.is_ready():
+                    await self._read_again(tp, ends, position, "fetched past the end")
                 continue
             settled[tp] = committed
         return settled
+
+    async def _read_again(
+        self, tp: TP, ends: dict[TP, int], position: int | None = None, why: str = "stuck"
+    ) -> None:
+        """Fetch ``tp`` again from its committed offset (once per committed offset): records
+        fetched but never handed to the agent (seen after rebalances: the fetch position past
+        records the agent never got) are delivered again; what the agent already applied
+        comes back as duplicates, which the core ignores."""
+        committed = self._committed(tp)
+        self._refetched[tp] = committed
+        log.info(
+            "input_read_again",
+            why=why,
+            topic=tp.topic,
+            partition=tp.partition,
+            committed=committed,
+            position=position,
+            end=ends.get(tp),
+            delivered=self._delivered.get(tp),
+        )
+        consumer: Any = self.app.consumer
+        await consumer.seek(tp, committed)
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:
         counts = ledger_store.census(self.table.data)
@@ -794,7 +814,7 @@ class TallyWorker:
             return None
         return {tp: int(v) for tp, v in ends.items() if v is not None}
 
-    def _watchdog(self, ends: dict[TP, int] | None) -> None:
+    def _watchdog(self, ends: dict[TP, int] | None) -> list[TP]:
         """Fail-stop when committed offsets stop moving while input waits.
 
         The stall faust-streaming was seen in kept *processing* (so processed offsets moved)
@@ -807,7 +827,7 @@ class TallyWorker:
         now = self._watchdog_ran_at = time.monotonic()
         self._watchdog_armed = True
         if limit <= 0:
-            return
+            return []
         ready = self.is_ready()
         if ready:
             self._unready_since = None
@@ -819,27 +839,38 @@ class TallyWorker:
                 self._unready_since = now
                 self._recovered_seen = recovered
         waiting = 0
-        moved = False
+        quiet_partitions: dict[TP, float] = {}  # input waiting, committed offset not moving
+        since_floor = max(self._assigned_at, self._last_unready)
         if ends is None:
             waiting = 1  # the broker does not answer us: count it as input waiting
         else:
             for tp, end in ends.items():
                 committed = self._committed(tp)
-                waiting += max(0, end - committed)
-                if self._last_committed.get(tp) != committed:
-                    moved = True
-                    self._last_committed[tp] = committed
-        if waiting == 0 or moved:
-            self._last_progress = now
+                behind = max(0, end - committed)
+                waiting += behind
+                last = self._last_committed.get(tp)
+                if behind == 0 or last is None or last[0] != committed:
+                    self._last_committed[tp] = (committed, now)
+                    continue
+                quiet_partitions[tp] = now - max(last[1], since_floor)
+        if ends is not None or waiting == 0:
+            self._last_progress = now  # the broker answered: per-partition checks below
         stuck_batch = self._batch_started is not None and now - self._batch_started > limit
         if not ready:
             # rebalancing or recovering is not a stall, unless it never ends while input waits
             unready = now - (self._unready_since or now)
             if not (waiting > 0 and unready > max(120.0, 4 * limit)):
-                return
+                return []
             quiet = unready
         else:
-            quiet = now - max(self._last_progress, self._assigned_at, self._last_unready)
+            # each partition on its own: one whose commits stopped is a stall even while the
+            # others move (a record that never reached the agent blocks its partition's commits)
+            quiet = max([now - max(self._last_progress, since_floor), *quiet_partitions.values()])
+        read_again = [
+            tp
+            for tp, seconds in quiet_partitions.items()
+            if ready and seconds > limit / 2 and self._refetched.get(tp) != self._committed(tp)
+        ]
         if waiting > 0 and quiet > limit / 2:
             log.warning(
                 "input_waiting_without_commits",
@@ -847,9 +878,10 @@ class TallyWorker:
                 seconds_quiet=round(quiet, 1),
                 ready=ready,
                 in_batch=self._batch_started is not None,
+                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in quiet_partitions),
             )
         if not (stuck_batch or (waiting > 0 and quiet > limit)):
-            return
+            return read_again
         stacks = []
         for task in asyncio.all_tasks():
             buf = io.StringIO()

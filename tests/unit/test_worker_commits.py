@@ -10,8 +10,11 @@ writes, would seal those writes with offsets that say the batch is still to come
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
+
+from faust.types import TP
 
 from ccm_core.settings import Settings
 from ccm_worker.app import TallyWorker
@@ -54,13 +57,13 @@ def test_a_commit_started_during_a_batch_commits_the_offsets_acked_when_the_batc
     assert run(main()) == [{TP0: 5}]
 
 
-def test_a_partition_fetched_past_its_end_with_nothing_delivered_is_read_again_once(
+def test_a_partition_fetched_past_its_end_is_read_again_once_before_it_counts_as_drained(
     tmp_path: Path,
 ) -> None:
-    """The monitor takes a committed offset just below the end for a drained partition (a
-    transactional producer's trailing commit marker) only once the partition has been read
-    again from the committed offset: a record fetched but never delivered to the agent is
-    then delivered, instead of the watchdog taking the partition for drained."""
+    """The monitor takes a committed offset below the end for a drained partition (a
+    transactional producer's commit marker, an aborted transaction) only once the partition
+    has been read again from that committed offset: a record fetched but never delivered to
+    the agent is then delivered, instead of the watchdog taking the partition for drained."""
 
     async def main() -> tuple[list[dict[Any, int]], list[tuple[Any, int]]]:
         w, _ = worker(tmp_path)
@@ -77,18 +80,42 @@ def test_a_partition_fetched_past_its_end_with_nothing_delivered_is_read_again_o
         consumer.position, consumer.seek = position, seek
         w.is_ready = lambda: True  # type: ignore[method-assign]
         consumer._committed_offset[TP0] = 5
-        ends = {TP0: 6}
-        seen = [await w._without_marker_tails(ends)]  # read again from 5: still waiting
-        seen.append(await w._without_marker_tails(ends))  # nothing came: a marker, drained
-        w._delivered[TP0] = 5  # after a delivery, drained without reading again
+        seen = [await w._without_marker_tails({TP0: 6})]  # maybe on its way to the agent
+        seen.append(await w._without_marker_tails({TP0: 6}))  # still so: read again from 5
+        seen.append(await w._without_marker_tails({TP0: 6}))  # nothing came: drained
+        w._delivered[TP0] = 7  # the agent got records up to 6, all committed; 7.. no record
         consumer._committed_offset[TP0] = 7
-        fetched[0] = 8
-        seen.append(await w._without_marker_tails({TP0: 8}))
+        fetched[0] = 20
+        seen.append(await w._without_marker_tails({TP0: 20}))  # a new committed offset
+        seen.append(await w._without_marker_tails({TP0: 20}))  # read again
+        seen.append(await w._without_marker_tails({TP0: 20}))
+        w._delivered[TP0] = 9  # the agent got a record the group has not committed: in flight
+        seen.append(await w._without_marker_tails({TP0: 20}))
         return seen, sought
 
     seen, sought = run(main())
-    assert seen == [{TP0: 6}, {TP0: 5}, {TP0: 7}]
-    assert sought == [(TP0, 5)]
+    assert seen == [{TP0: 6}, {TP0: 6}, {TP0: 5}, {TP0: 20}, {TP0: 20}, {TP0: 7}, {TP0: 20}]
+    assert sought == [(TP0, 5), (TP0, 7)]
+
+
+def test_a_partition_whose_commits_stop_is_read_again_while_the_others_move(
+    tmp_path: Path,
+) -> None:
+    """The stall watchdog looks at each partition: one whose committed offset stays below its
+    end for half the limit is read again from it, even while other partitions commit."""
+    w, _ = worker(tmp_path)
+    consumer: Any = w.app.consumer
+    w.is_ready = lambda: True  # type: ignore[method-assign]
+    w._assigned_at = w._last_unready = 0.0  # assigned and ready long ago
+    stuck, moving = TP0, TP(TOPIC, 1)
+    consumer._committed_offset[stuck] = 5
+    consumer._committed_offset[moving] = 100
+    limit = w.settings.stall_exit_seconds
+    w._last_committed[stuck] = (5, time.monotonic() - 0.6 * limit)
+    w._last_committed[moving] = (90, time.monotonic() - 0.6 * limit)
+    assert w._watchdog({stuck: 9, moving: 120}) == [stuck]
+    w._refetched[stuck] = 5  # read again already at this offset: not twice
+    assert w._watchdog({stuck: 9, moving: 130}) == []
 
 
 def run(coro: Any) -> Any:

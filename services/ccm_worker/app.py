@@ -97,6 +97,7 @@ from ccm_core.tally import (  # noqa: E402
 )
 
 from . import http_auth, kafka_security  # noqa: E402
+from . import store as ledger_store  # noqa: E402
 from .exits import BATCH_FAILED, FENCED, STALLED  # noqa: E402
 from .routing import advertised_url  # noqa: E402
 
@@ -141,7 +142,30 @@ codecs.register("ccm_ledger", LedgerCodec())
 
 class LedgerTable(faust.Table[str, PatientLedger]):
     """The ledger table: raw patient-id keys, core-codec values on the changelog; each
-    recovered ledger remembers its partition (closes and revokes select ledgers by it)."""
+    recovered ledger remembers its partition (closes and revokes select ledgers by it).
+    With ``store_config`` its store is a :class:`~ccm_worker.store.LedgerStore` (RocksDB)."""
+
+    def __init__(
+        self, *args: Any, store_config: ledger_store.StoreConfig | None = None, **kw: Any
+    ) -> None:
+        self.store_config = store_config
+        super().__init__(*args, **kw)
+
+    def _new_store(self) -> Any:
+        if self.store_config is None:
+            return super()._new_store()
+        return ledger_store.LedgerStore(
+            "rocksdb://",
+            self.app,
+            self,
+            config=self.store_config,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+        )
 
     def _serializer_from_type(self, typ: Any) -> str:
         return "raw" if typ is str else "ccm_ledger"
@@ -150,6 +174,8 @@ class LedgerTable(faust.Table[str, PatientLedger]):
         events = list(batch)
         super().apply_changelog_batch(events)
         data = self.data
+        if isinstance(data, ledger_store.LedgerStore):
+            return  # stored encoded; a ledger read from it takes its key's partition
         for event in events:
             key = event.key
             if isinstance(key, bytes | bytearray):
@@ -175,19 +201,22 @@ class TallyWorker:
         observability.initialize_labels(observability.profile_codes(self.engine.config.profiles))
         self.url = advertised_url(s)
         host_port = self.url.split("://", 1)[1].rsplit(":", 1)
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = ledger_store.resolve_data_dir(s.data_dir)  # "{hostname}" (compose replicas)
+        data_dir.mkdir(parents=True, exist_ok=True)
         session = s.session_timeout_seconds
+        rocksdb = s.store == "rocksdb"
         self.app = faust.App(
             s.app_id,
             **kafka_security.faust_broker_kwargs(s),  # brokers, TLS and SASL
             **http_auth.faust_web_kwargs(s),  # bind, port, HTTPS, bearer-token/mTLS middleware
-            store="memory://",
-            datadir=str(s.data_dir),
+            store="rocksdb://" if rocksdb else "memory://",
+            datadir=str(data_dir),
             processing_guarantee="exactly_once",
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
             topic_allow_declare=True,
-            table_standby_replicas=0,
+            # a standby is a kept copy only on disk (the memory store re-reads from the start)
+            table_standby_replicas=s.standby_replicas if rocksdb else 0,
             broker_session_timeout=session,
             broker_heartbeat_interval=max(0.1, min(3.0, session / 3)),
             broker_rebalance_timeout=max(30.0, 3 * session),
@@ -230,6 +259,14 @@ class TallyWorker:
             partitions=n,
             key_type=str,
             help="One PatientLedger per patient id (all its patient-months).",
+            store_config=ledger_store.StoreConfig(
+                app_id=s.app_id,
+                changelog_topic=changelog_topic_name(s),
+                partitions=n,
+                cache_entries=s.ledger_cache,
+            )
+            if rocksdb
+            else None,
         )
         self.app.tables.add(self.table)
         self.changelog = self.table.changelog_topic.get_topic_name()
@@ -366,6 +403,7 @@ class TallyWorker:
                     return
                 await txn.send_offsets_to_transaction(tp_offsets, group_id)
                 await txn.commit_transaction()
+                ledger_store.committed(self.table.data, {tp.partition for tp in tp_offsets})
                 if start_new_transaction:
                     await txn.begin_transaction()
 
@@ -417,7 +455,7 @@ class TallyWorker:
         for p, outputs in produced.items():
             # one status per patient-month per batch: the topic is compacted, the last wins
             out[p] = [self._message(p, o) for o in coalesce_status(outputs)]
-        changelog, dumps = self.changelog, ledger_codec.dumps
+        changelog, dumps = self.changelog, ledger_store.encoder(data)
         for p, ledgers in touched.items():
             sends = out.setdefault(p, [])
             for patient_id, ledger in ledgers.items():
@@ -533,6 +571,7 @@ class TallyWorker:
                 if any(_is_fenced(f) for f in failures):
                     raise FencedError(repr(failures[0]))
                 raise failures[0]
+            ledger_store.note_sent(self.table.data, results)  # changelog offsets (RocksDB)
 
     @staticmethod
     def _count_output(out: Output) -> None:
@@ -593,13 +632,8 @@ class TallyWorker:
         partition = msg.partition
         # ledgers are changed in place: a stored one is also this batch's; ledgers created in
         # this batch and not stored yet are in ``touched``
-        ledgers = {
-            pid: ledger
-            for pid, ledger in list(self.table.data.items())
-            if ledger.partition == partition
-        }
-        ledgers.update(touched)
-        outputs, changed = apply_close(self.engine, ledgers.values(), command)
+        ledgers = ledger_store.ledgers_of(self.table.data, partition, touched)
+        outputs, changed = apply_close(self.engine, ledgers, command)
         for ledger in changed:
             touched[ledger.patient_id] = ledger
         elapsed = time.perf_counter() - started
@@ -648,11 +682,8 @@ class TallyWorker:
         if self._recovery_probe_task is None:
             self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
-        data = self.table.data
-        stale = [pid for pid, ledger in list(data.items()) if ledger.partition not in mine]
-        for pid in stale:
-            data.pop(pid, None)
-        log.info("partitions_assigned", partitions=sorted(mine), ledgers_dropped=len(stale))
+        dropped = ledger_store.keep_partitions(self.table.data, mine)
+        log.info("partitions_assigned", partitions=sorted(mine), ledgers_dropped=dropped)
 
     async def _recovery_end(self) -> None:
         """Every 0.25 s, from the first assignment on (faust timers start only once the
@@ -748,19 +779,15 @@ class TallyWorker:
         await consumer.seek(tp, committed)
 
     def _state_metrics(self, ends: dict[TP, int] | None) -> None:
-        open_ = closed = archived = patients = 0
-        for ledger in list(self.table.data.values()):
-            patients += 1
-            archived += len(ledger.archived)
-            for month in ledger.months.values():
-                if month.closed:
-                    closed += 1
-                else:
-                    open_ += 1
-        PATIENTS.set(patients)
-        PATIENT_MONTHS.labels("open").set(open_)
-        PATIENT_MONTHS.labels("closed").set(closed)
-        PATIENT_MONTHS.labels("archived").set(archived)
+        counts = ledger_store.census(self.table.data)
+        if counts is None:  # RocksDB: an estimate of the keys, months not decoded for a gauge
+            PATIENTS.set(cast(Any, self.table.data).estimated_keys())
+        else:
+            patients, open_, closed, archived = counts
+            PATIENTS.set(patients)
+            PATIENT_MONTHS.labels("open").set(open_)
+            PATIENT_MONTHS.labels("closed").set(closed)
+            PATIENT_MONTHS.labels("archived").set(archived)
         owned = self.owned_partitions()
         ASSIGNED_PARTITIONS.set(len(owned))
         if not ends:

@@ -76,6 +76,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CCM_COMMIT_MAX_SECONDS": str(settings.commit_max_seconds),
         "CCM_BROKER_WAIT_SECONDS": str(settings.broker_wait_seconds),
         "CCM_DATA_DIR": str(settings.data_dir),
+        "CCM_STORE": settings.store,
+        "CCM_LEDGER_CACHE": str(settings.ledger_cache),
+        "CCM_STANDBY_REPLICAS": str(settings.standby_replicas),
         **security_env(settings),
     }
     for name, path in (
@@ -92,14 +95,21 @@ class WorkerProcess:
     """One worker process on a free web port, logging to ``<workdir>/<label>-<port>/``."""
 
     def __init__(
-        self, settings: Settings, workdir: Path, label: str = "worker", port: int | None = None
+        self,
+        settings: Settings,
+        workdir: Path,
+        label: str = "worker",
+        port: int | None = None,
+        data_dir: Path | None = None,
     ) -> None:
+        """``data_dir``: the worker's local store (default: a new one in its own folder; a
+        restart on a kept data directory passes the previous one)."""
         self.port = port or free_port()
         self.dir = workdir / f"{label}-{self.port}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "worker.log"
         self.settings = settings.model_copy(
-            update={"web_port": self.port, "data_dir": self.dir / "data"}
+            update={"web_port": self.port, "data_dir": data_dir or self.dir / "data"}
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0

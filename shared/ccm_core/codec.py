@@ -31,6 +31,11 @@ from .tally import (
 LAYOUT_VERSION = 3
 KNOWN_LAYOUTS = (1, 2, LAYOUT_VERSION)  # all still load
 _NOTE_MASK = (1 << FINGERPRINT_NOTE_BITS) - 1
+# enum members by value: a dict look-up, not ``Enum.__call__`` (the RocksDB store decodes a
+# ledger on every cache miss: the enum calls were 7 % of a worker's time)
+_ROLES = {m.value: m for m in Role}
+_ACTIVITIES = {m.value: m for m in Activity}
+_VOID_REASONS = {m.value: m for m in VoidReason}
 
 
 def _log(e: LogEntry) -> list[Any]:
@@ -68,14 +73,14 @@ def _unlog(a: list[Any]) -> LogEntry:
         a[3],
         shared(a[4]),
         shared(a[5]),
-        Role(a[6]),
+        _ROLES.get(a[6]) or Role(a[6]),
         shared(a[7]),
         a[8],
-        Activity(a[9]),
+        _ACTIVITIES.get(a[9]) or Activity(a[9]),
         shared(a[10]),
         shared(a[11]),
         a[12],
-        VoidReason(a[13]) if a[13] else None,
+        (_VOID_REASONS.get(a[13]) or VoidReason(a[13])) if a[13] else None,
     )
 
 

@@ -76,7 +76,23 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=Path("ccm-tally-data"),
-        description="The worker's local directory (faust's datadir).",
+        description="The worker's local directory (faust's datadir; the RocksDB tables).",
+    )
+    store: Literal["memory", "rocksdb"] = Field(
+        default="memory",
+        description="Where the ledger table lives: 'memory' (tests, the demo; rebuilt from the "
+        "changelog at every start) or 'rocksdb' (production: one RocksDB per partition under "
+        "data_dir, kept across restarts; only the changelog since its last flush is read).",
+    )
+    ledger_cache: Annotated[int, Field(gt=0)] = Field(
+        default=100_000,
+        description="rocksdb store: patient-months of decoded ledgers kept in memory (LRU, "
+        "about 3 KB each); RSS depends on it, not on the number of patients.",
+    )
+    standby_replicas: Annotated[int, Field(ge=0)] = Field(
+        default=1,
+        description="rocksdb store: standby copies of each table partition on other workers "
+        "(faust's table_standby_replicas), so a failover reads only the gap.",
     )
     batch_within_seconds: Annotated[float, Field(gt=0)] = Field(
         default=0.02,

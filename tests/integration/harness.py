@@ -33,6 +33,8 @@ class Stack:
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     close_tick_seconds: float = 3600.0  # the month-close timer; tests of it shorten it
     stall_exit_seconds: float = 30.0  # the stall watchdog; tests of it shorten it
+    store: str | None = None
+    """``memory`` or ``rocksdb`` (None: the settings' default, ``CCM_STORE`` if set)."""
     security: dict[str, Any] = field(default_factory=dict)
     """Settings fields for TLS/SASL/HTTP auth (``kafka_security_protocol`` ...), e.g. from
     the ``kafka_secure`` fixture; ``bootstrap`` is then the secure listener."""
@@ -54,8 +56,12 @@ class Stack:
             session_timeout_seconds=6.0,
             close_tick_seconds=self.close_tick_seconds,
             stall_exit_seconds=self.stall_exit_seconds,
+            **self._store(),
             **self._auth_and_security(),
         )
+
+    def _store(self) -> dict[str, Any]:
+        return {"store": self.store} if self.store else {}
 
     def _auth_and_security(self) -> dict[str, Any]:
         if "web_auth_token_file" in self.security:
@@ -69,8 +75,10 @@ class Stack:
 class WorkerProcess(process.WorkerProcess):
     """A worker of a test's :class:`Stack`."""
 
-    def __init__(self, stack: Stack, tmp: Path, label: str = "w") -> None:
-        super().__init__(stack.settings, tmp, label)
+    def __init__(
+        self, stack: Stack, tmp: Path, label: str = "w", data_dir: Path | None = None
+    ) -> None:
+        super().__init__(stack.settings, tmp, label, data_dir=data_dir)
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         super().start(timeout)

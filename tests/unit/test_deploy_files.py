@@ -642,7 +642,7 @@ def k8s(kind: str) -> list[dict[str, Any]]:
 
 def test_k8s_manifests_parse_and_are_complete() -> None:
     kinds = {doc["kind"] for doc in k8s_docs()}
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "Job"} <= kinds
+    assert {"Namespace", "ConfigMap", "StatefulSet", "Service", "Job"} <= kinds
     [namespace] = k8s("Namespace")
     for doc in k8s_docs():
         if doc["kind"] != "Namespace":
@@ -655,7 +655,7 @@ def test_k8s_manifests_parse_and_are_complete() -> None:
 
 
 def test_k8s_worker_deployment() -> None:
-    [deployment] = k8s("Deployment")
+    [deployment] = k8s("StatefulSet")
     spec = deployment["spec"]
     assert spec["replicas"] == 2
     template = spec["template"]
@@ -680,8 +680,52 @@ def test_k8s_worker_deployment() -> None:
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_k8s_worker_keeps_its_rocksdb_stores_on_a_volume_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A StatefulSet: each pod gets its claim back after a restart, mounted where the
+    worker's CCM_DATA_DIR points, with the RocksDB store on and standby replicas."""
+    [statefulset] = k8s("StatefulSet")
+    assert not k8s("Deployment"), "the worker is a StatefulSet"
+    spec = statefulset["spec"]
+    services = {svc["metadata"]["name"] for svc in k8s("Service")}
+    assert spec["serviceName"] in services
+    [claim] = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    pod = spec["template"]["spec"]
+    assert claim["metadata"]["name"] not in {v["name"] for v in pod["volumes"]}
+    [container] = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    data_dir = PurePosixPath(env["CCM_DATA_DIR"])
+    mount = PurePosixPath(mounts[claim["metadata"]["name"]])
+    assert data_dir == mount or mount in data_dir.parents
+    [config] = k8s("ConfigMap")
+    for key, value in {**config["data"], "CCM_DATA_DIR": str(data_dir)}.items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.store == "rocksdb"
+    assert settings.standby_replicas >= 1
+    assert settings.data_dir == Path(str(data_dir))
+
+
+def test_compose_workers_keep_their_rocksdb_stores_on_a_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = service("worker")
+    env = environment(worker)
+    assert env["CCM_STORE"] == "rocksdb"
+    [(kind, source, target)] = [v for v in volumes(worker) if v[2] != "/tmp"]
+    assert kind == "volume" and source in compose()["volumes"]
+    data_dir = PurePosixPath(env["CCM_DATA_DIR"])
+    assert PurePosixPath(target) in data_dir.parents, "the data dir must be on the volume"
+    # replicas share the volume: each keeps its stores in a folder named after its host
+    assert "{hostname}" in env["CCM_DATA_DIR"]
+
+
 def test_k8s_service_selects_the_workers() -> None:
-    [deployment] = k8s("Deployment")
+    [deployment] = k8s("StatefulSet")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     for svc in k8s("Service"):
         assert svc["spec"]["selector"].items() <= labels.items()
@@ -699,7 +743,7 @@ def test_k8s_topics_job_and_config() -> None:
     assert data["CCM_PARTITIONS"] == "8"
     assert "KAFKA_BOOTSTRAP_SERVERS" in data
     names = {ref["configMapRef"]["name"] for ref in container["envFrom"]}
-    [deployment] = k8s("Deployment")
+    [deployment] = k8s("StatefulSet")
     [worker] = deployment["spec"]["template"]["spec"]["containers"]
     names |= {ref["configMapRef"]["name"] for ref in worker["envFrom"]}
     assert names == {config["metadata"]["name"]}

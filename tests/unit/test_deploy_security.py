@@ -256,7 +256,7 @@ def test_k8s_config_is_sasl_ssl_with_secret_files(monkeypatch: pytest.MonkeyPatc
     assert s.kafka_sasl_password is None and s.web_auth_token is None
     for key in data:
         assert not key.endswith(("PASSWORD", "TOKEN")), f"{key}: secret values go in files"
-    [deployment] = k8s("Deployment")
+    [deployment] = k8s("StatefulSet")
     [job] = k8s("Job")
     needs = {
         "worker": (
@@ -286,7 +286,7 @@ def test_k8s_readme_says_how_to_create_the_secrets() -> None:
     readme = (K8S_DIR / "README.md").read_text(encoding="utf-8")
     for needed in ("kubectl -n ccm-tally create secret generic ccm-tally-kafka", "ccm-tally-web"):
         assert needed in readme
-    [deployment] = k8s("Deployment")
+    [deployment] = k8s("StatefulSet")
     pod = deployment["spec"]["template"]["spec"]
     for volume in pod["volumes"]:
         if "secret" in volume:

@@ -730,10 +730,10 @@ class TallyWorker:
         stall). But a record fetched and lost on its way to the agent looks the same (seen
         after a kill -9 rebalance: 8 time logs, and once a month-close command, never
         processed while this check took their partition for drained). So the partition is
-        first read again from the committed offset, once per committed offset and only when
-        two monitor ticks in a row saw it so (records fetched a moment ago may still be on
-        their way to the agent): markers and aborted records are skipped again, a lost record
-        is delivered."""
+        also read again from the committed offset, once per committed offset, when two
+        monitor ticks in a row saw it so (records fetched a moment ago may still be on their
+        way to the agent): markers and aborted records are skipped again, a lost record is
+        delivered."""
         consumer: Any = self.app.consumer
         settled = dict(ends)
         for tp, end in ends.items():
@@ -746,14 +746,13 @@ class TallyWorker:
                 continue
             if position is None or position < end:
                 continue
+            settled[tp] = committed
             if self._refetched.get(tp) != committed:
                 # records fetched a moment ago may still be on their way to the agent: only
-                # the same state on two monitor ticks in a row (5 s apart) is taken as lost
+                # the same state on two monitor ticks in a row (5 s apart) is read again
                 seen, self._tail_seen[tp] = self._tail_seen.get(tp), (committed, position)
                 if seen == (committed, position) and self.is_ready():
                     await self._read_again(tp, ends, position, "fetched past the end")
-                continue
-            settled[tp] = committed
         return settled
 
     async def _read_again(

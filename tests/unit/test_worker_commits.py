@@ -57,13 +57,14 @@ def test_a_commit_started_during_a_batch_commits_the_offsets_acked_when_the_batc
     assert run(main()) == [{TP0: 5}]
 
 
-def test_a_partition_fetched_past_its_end_is_read_again_once_before_it_counts_as_drained(
+def test_a_partition_fetched_past_its_end_counts_as_drained_and_is_read_again_once(
     tmp_path: Path,
 ) -> None:
     """The monitor takes a committed offset below the end for a drained partition (a
-    transactional producer's commit marker, an aborted transaction) only once the partition
-    has been read again from that committed offset: a record fetched but never delivered to
-    the agent is then delivered, instead of the watchdog taking the partition for drained."""
+    transactional producer's commit marker, an aborted transaction) when the fetch is past the
+    end and the agent has everything it got committed; and reads such a partition again from
+    that committed offset once, when two ticks saw it so: a record fetched but never
+    delivered to the agent is then delivered instead of staying hidden."""
 
     async def main() -> tuple[list[dict[Any, int]], list[tuple[Any, int]]]:
         w, _ = worker(tmp_path)
@@ -80,21 +81,21 @@ def test_a_partition_fetched_past_its_end_is_read_again_once_before_it_counts_as
         consumer.position, consumer.seek = position, seek
         w.is_ready = lambda: True  # type: ignore[method-assign]
         consumer._committed_offset[TP0] = 5
-        seen = [await w._without_marker_tails({TP0: 6})]  # maybe on its way to the agent
+        seen = [await w._without_marker_tails({TP0: 6})]  # drained, maybe on its way
         seen.append(await w._without_marker_tails({TP0: 6}))  # still so: read again from 5
-        seen.append(await w._without_marker_tails({TP0: 6}))  # nothing came: drained
+        seen.append(await w._without_marker_tails({TP0: 6}))  # read again already: drained
         w._delivered[TP0] = 7  # the agent got records up to 6, all committed; 7.. no record
         consumer._committed_offset[TP0] = 7
         fetched[0] = 20
         seen.append(await w._without_marker_tails({TP0: 20}))  # a new committed offset
-        seen.append(await w._without_marker_tails({TP0: 20}))  # read again
+        seen.append(await w._without_marker_tails({TP0: 20}))  # read again from 7
         seen.append(await w._without_marker_tails({TP0: 20}))
         w._delivered[TP0] = 9  # the agent got a record the group has not committed: in flight
         seen.append(await w._without_marker_tails({TP0: 20}))
         return seen, sought
 
     seen, sought = run(main())
-    assert seen == [{TP0: 6}, {TP0: 6}, {TP0: 5}, {TP0: 20}, {TP0: 20}, {TP0: 7}, {TP0: 20}]
+    assert seen == [{TP0: 5}] * 3 + [{TP0: 7}] * 3 + [{TP0: 20}]
     assert sought == [(TP0, 5), (TP0, 7)]
 
 

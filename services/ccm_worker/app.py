@@ -679,6 +679,7 @@ class TallyWorker:
         against the new assignment.)"""
         self._assigned_at = time.monotonic()
         self._delivered = {}
+        ledger_store.shorten_fetch_wait(self.app)  # latency after a backlog: see there
         if self._recovery_probe_task is None:
             self._recovery_probe_task = asyncio.ensure_future(self._recovery_end())
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}

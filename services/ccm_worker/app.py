@@ -689,12 +689,15 @@ class TallyWorker:
     async def _recovery_end(self) -> None:
         """Every 0.25 s, from the first assignment on (faust timers start only once the
         first recovery is over, too late for it): see ``faust_fixes.RecoveryEndProbe``."""
-        while True:
+        app: Any = self.app
+        while not app.should_stop:
             await asyncio.sleep(0.25)
             try:
-                if await self._recovery_probe(self.app):
+                if await self._recovery_probe(app):
                     log.info("recovery_ended_at_transaction_markers")
             except Exception:  # a probe failure leaves faust's own (slower) detection
+                if app.should_stop:
+                    return  # stopping: the consumer thread and its event loop are gone
                 log.exception("recovery_probe_failed")
 
     # ------------------------------------------------------------------ monitoring

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TP
 
@@ -121,3 +121,24 @@ def test_a_partition_whose_commits_stop_is_read_again_while_the_others_move(
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def test_the_recovery_probe_stops_quietly_when_the_worker_stops(tmp_path: Path) -> None:
+    """A worker stopped during a recovery (scaled down, SIGTERM) must not log an error from
+    the recovery probe, whose consumer thread and event loop are already gone."""
+    from structlog.testing import capture_logs
+
+    async def main() -> list[Any]:
+        w, _ = worker(tmp_path)
+
+        async def probe(app: Any) -> bool:
+            cast(Any, w.app)._stopped.set()  # the worker began stopping meanwhile
+            raise RuntimeError("Event loop is closed")
+
+        w._recovery_probe = probe  # type: ignore[assignment]
+        with capture_logs() as logs:
+            await asyncio.wait_for(w._recovery_end(), timeout=5)
+        return logs
+
+    logs = run(main())
+    assert [e for e in logs if e.get("log_level") == "error"] == []

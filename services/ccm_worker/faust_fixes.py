@@ -121,10 +121,19 @@ class OffsetMarks:
     ``expect[tp]``: the offset the fetch should return next for an acked topic; a record
     arriving above it proves the offsets in between hold no record (transaction markers,
     aborted or compacted records, retention).
+    ``seeks`` counts seeks; ``sought[tp]`` is ``(seeks, offset)`` of ``tp``'s last seek: the
+    fetch loop tells by it a record fetched before a seek from one fetched after.
+    ``fetches_started`` / ``fetches_finished``: the number of the last fetch the loop started,
+    and of the last one whose records it has all handed over (or faust dropped): once a fetch
+    started after some moment has finished, nothing fetched before that moment is in transit.
     """
 
     head: dict[TP, int] = field(default_factory=dict)
     expect: dict[TP, int] = field(default_factory=dict)
+    seeks: int = 0
+    sought: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    fetches_started: int = 0
+    fetches_finished: int = 0
 
     def restart(self, tp: TP, offset: int | None) -> None:
         """The fetch position of ``tp`` is now ``offset`` (``None``: unknown, reset policy)."""
@@ -134,6 +143,11 @@ class OffsetMarks:
         else:
             self.head[tp] = offset
             self.expect[tp] = offset
+
+    def seeking(self, tp: TP, offset: int) -> None:
+        """``tp`` is being sought to ``offset``: records fetched before are stale from now."""
+        self.seeks += 1
+        self.sought[tp] = (self.seeks, offset)
 
     def arriving(self, tp: TP, offset: int, gaps: Any) -> None:
         """Record the gap (if any) in front of a record about to be handed to the streams."""
@@ -186,40 +200,52 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     return end
 
 
+async def committed_offsets(consumer: Consumer) -> dict[TP, int | None]:
+    """The group's committed offset of every assigned partition (``None``: none yet)."""
+    thread: Any = consumer._thread  # type: ignore[attr-defined]
+    client = thread._ensure_consumer()
+    committed: dict[TP, int | None] = {}
+    for raw_tp in consumer.assignment():
+        offset = await thread.call_thread(client.committed, raw_tp)
+        committed[ensure_TP(raw_tp)] = offset if offset is not None and offset >= 0 else None
+    return committed
+
+
 async def _perform_seek(self: Consumer) -> None:
-    """Seek every assigned partition to its committed offset and restart the bookkeeping."""
+    """Seek every assigned partition to its committed offset and restart the bookkeeping.
+
+    The committed offsets are read first and the seeks made in one step in the consumer's
+    thread (``seek_wait``), so exactly the partitions really sought are marked as such: a
+    record the fetch loop then receives from before the seek is not handed over.
+    """
     marks = offset_marks(self)
-    committed = await self.seek_to_committed()
-    for raw_tp, offset in committed.items():
-        tp = ensure_TP(raw_tp)
-        start: int | None
-        if offset is not None and offset >= 0:
-            start = offset
-            if offset == 0:  # aiokafka's seek_to_committed only seeks to offsets above 0
-                await self._seek(tp, 0)
-        else:
-            # No committed offset: go back to where this consumer started reading, if it
-            # did (nothing before that head was ours; everything from it must be delivered).
-            start = marks.head.get(tp)
-            if start is not None:
-                await self._seek(tp, start)
-        self._read_offset[tp] = start
+    committed = await committed_offsets(self)
+    starts: dict[TP, int | None] = {}
+    for tp, offset in committed.items():
+        # No committed offset: go back to where this consumer started reading, if it did
+        # (nothing before that head was ours; everything from it must be delivered).
+        starts[tp] = offset if offset is not None else marks.head.get(tp)
+    targets = {tp: start for tp, start in starts.items() if start is not None}
+    for tp, target in targets.items():
+        marks.seeking(tp, target)
+    if targets:
+        await self.seek_wait(targets)
+    for tp, begin in starts.items():
+        self._read_offset[tp] = begin
         self._gap.pop(tp, None)
-        marks.restart(tp, start)
+        marks.restart(tp, begin)
     self._committed_offset.update(
-        {
-            ensure_TP(tp): offset if offset else None
-            for tp, offset in committed.items()
-            if offset is not None
-        }
+        {tp: offset if offset else None for tp, offset in committed.items() if offset is not None}
     )
 
 
 async def _seek(self: Consumer, partition: TP, offset: int) -> None:
-    await ORIGINALS[Consumer, "seek"](self, partition, offset)
     tp = ensure_TP(partition)
+    marks = offset_marks(self)
+    marks.seeking(tp, offset)  # before the seek: a record fetched after it is never "stale"
+    await ORIGINALS[Consumer, "seek"](self, partition, offset)
     self._gap.pop(tp, None)
-    offset_marks(self).restart(tp, offset)
+    marks.restart(tp, offset)
 
 
 async def _drain_messages(self: Consumer, fetcher: Any) -> None:
@@ -239,10 +265,28 @@ async def _drain_messages(self: Consumer, fetcher: Any) -> None:
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
+            seeks_before = marks.seeks
+            marks.fetches_started += 1
+            fetch = marks.fetches_started
             batch = getmany(timeout=1.0)
             await self.sleep(0)  # getmany can return at once, again and again
             if not self.should_stop:
+                seeks_at_return: int | None = None
+                reseek: dict[TP, int] = {}  # partition -> number of its seek
+                finished = True
                 async for tp, message in batch:
+                    if seeks_at_return is None:  # no await since the fetch returned
+                        seeks_at_return = marks.seeks
+                    if marks.seeks != seeks_before:
+                        sought = marks.sought.get(tp)
+                        if sought is not None and sought[0] > seeks_before:
+                            # Fetched before a seek of its partition, or while it ran: not
+                            # handed over. A seek while the fetch was under way may also have
+                            # been undone by it (aiokafka's fetch sets the position after the
+                            # records it returns), so that partition is sought again.
+                            if sought[0] <= seeks_at_return:
+                                reseek[tp] = sought[0]
+                            continue
                     since_yield += 1
                     if since_yield > 100:
                         await asyncio.sleep(0)
@@ -261,10 +305,20 @@ async def _drain_messages(self: Consumer, fetcher: Any) -> None:
                     handover = callback(message)
                     waited = await self.wait_first(handover, self.suspend_flow.wait())
                     if handover not in waited.done:
+                        finished = False
                         break  # flow suspended: not handed over, it is fetched again
                     read_offset[tp] = offset
                     if acked_topic:
                         marks.delivered(tp, offset)
+                if finished:
+                    marks.fetches_finished = fetch
+                if reseek:
+                    assigned = self.assignment()
+                    for tp, number in reseek.items():
+                        seek_no, offset = marks.sought.get(tp, (0, -1))
+                        if seek_no == number and offset >= 0 and tp in assigned:
+                            self.log.info("Seek %r to %r again (fetched during a seek)", tp, offset)
+                            await self.seek(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
@@ -432,6 +486,14 @@ def fixes_only(*names: str) -> Iterator[None]:
         apply(before)
 
 
+def _idle(queue: Any) -> bool:
+    """The changelog queue is empty and faust's changelog loop is waiting on it: no record is
+    between the queue and the recovery's offsets (``get`` has taken a record out of the queue
+    some loop iterations before the loop records its offset)."""
+    getters = getattr(queue, "_getters", ())
+    return not queue.qsize() and any(not waiter.done() for waiter in getters)
+
+
 # ---------------------------------------------------------------------------------------------
 # transactional recovery end (not a method replacement: the app runs it on a short timer)
 @dataclass
@@ -446,12 +508,21 @@ class RecoveryEndProbe:
     ready (measured: 12.4 s for two partitions of 500 records). The probe applies faust's own
     "aborted transactions until the highwater" conclusion as soon as it holds: the changelog
     queue is empty and every partition still "behind" has been fetched past its highwater, on
-    two consecutive looks with nothing changing in between (a record between the fetch and the
-    queue would change the offsets or the queue). Upstream: the ``detect_aborted_tx`` path of
-    ``Recovery._slurp_changelogs`` (faust-streaming 0.15.3).
+    two looks with nothing changing in between, and with a whole fetch of the fetch loop
+    started after the first look and finished before the second. That last condition is what
+    proves no record is in transit: aiokafka moves its position when the consumer thread takes
+    records from its buffer, and they reach the changelog queue only after the thread has
+    handed them to the fetch loop and the loop to the queue, one record at a time behind
+    whatever input record of the same fetch waits for its stream. (The first version looked
+    twice, 0.25 s apart: under load a fetch took longer than that to reach the queue, and the
+    recovery ended without the newest changelog records of a kept partition, whose ledgers
+    then went back to older states, and the inputs applied since were lost.)
+    Upstream: the ``detect_aborted_tx`` path of ``Recovery._slurp_changelogs`` (faust-streaming
+    0.15.3).
     """
 
     last: tuple[Any, ...] | None = None
+    fetch_at_last: int = 0
 
     async def __call__(self, app: Any) -> bool:
         """One look; ``True`` when it ended the recovery."""
@@ -459,6 +530,9 @@ class RecoveryEndProbe:
         if not (app.in_transaction and recovery.in_recovery):
             self.last = None
             return False
+        marks = offset_marks(app.consumer)
+        finished = marks.fetches_finished  # before anything below can hand records over
+        queue = app.tables.changelog_queue
         highwaters, offsets = recovery.active_highwaters, recovery.active_offsets
         behind = sorted(
             (tp for tp, high in highwaters.items() if high is not None and high >= 0),
@@ -467,7 +541,7 @@ class RecoveryEndProbe:
         behind = [
             tp for tp in behind if offsets.get(tp) is not None and offsets[tp] < highwaters[tp]
         ]
-        if not behind or app.tables.changelog_queue.qsize():
+        if not behind or not _idle(queue):
             self.last = None
             return False
         positions = []
@@ -477,9 +551,19 @@ class RecoveryEndProbe:
                 self.last = None
                 return False
             positions.append(position)
-        look = (tuple(behind), tuple(offsets[tp] for tp in behind), tuple(positions))
+        look = (
+            app.consumer_generation_id,
+            tuple(behind),
+            tuple(offsets[tp] for tp in behind),
+            tuple(positions),
+        )
         if look != self.last:
             self.last = look
+            self.fetch_at_last = marks.fetches_started
+            return False
+        if finished <= self.fetch_at_last:
+            return False  # what was fetched before the first look may still be in transit
+        if not _idle(queue):  # again: the position queries above let the loops run
             return False
         self.last = None
         for tp in behind:

@@ -290,26 +290,154 @@ def test_gap_offsets_already_acked_do_not_make_commits_crawl() -> None:
     assert run(scenario) == 10
 
 
-def test_perform_seek_goes_back_to_the_head_when_nothing_is_committed() -> None:
-    async def scenario() -> list[tuple[TP, int]]:
-        consumer = new_consumer(new_app())
-        tp1 = TP(TOPIC, 1)
-        await drain(consumer, [5, 6])  # read from 5 (reset policy), nothing committed yet
-        sought: list[tuple[TP, int]] = []
+def group_commits(
+    monkeypatch: pytest.MonkeyPatch, consumer: Any, **offsets: int | None
+) -> list[dict[TP, int]]:
+    """The group's committed offsets for perform_seek (by partition: ``p0=…``), and the seeks
+    it makes (returned list of ``{tp: offset}``), as the broker would answer and apply them."""
+    committed = {TP(TOPIC, int(name[1:])): offset for name, offset in offsets.items()}
+    seeks: list[dict[TP, int]] = []
 
-        async def seek_to_committed() -> dict[TP, int | None]:
-            return {TP0: None, tp1: 0}
+    async def fetch_committed(c: Any) -> dict[TP, int | None]:
+        assert c is consumer
+        return dict(committed)
+
+    async def seek_wait(targets: dict[TP, int]) -> None:
+        seeks.append(dict(targets))
+
+    monkeypatch.setattr(faust_fixes, "committed_offsets", fetch_committed)
+    consumer.seek_wait = seek_wait
+    consumer.assignment = lambda: set(committed)
+    return seeks
+
+
+def test_perform_seek_goes_back_to_the_head_when_nothing_is_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> list[dict[TP, int]]:
+        consumer = new_consumer(new_app())
+        await drain(consumer, [5, 6])  # read from 5 (reset policy), nothing committed yet
+        seeks = group_commits(monkeypatch, consumer, p0=None, p1=0, p2=None)
+        await consumer.perform_seek()
+        return seeks
+
+    # TP0 back to 5, its head; p1 to its committed 0 (aiokafka's own seek_to_committed only
+    # seeks above 0); p2, never read and never committed, is left to the reset policy.
+    assert run(scenario) == [{TP0: 5, TP(TOPIC, 1): 0}]
+
+
+async def drain_batch(
+    consumer: Any, batch: Callable[[], AsyncIterator[tuple[TP, ConsumerMessage]]]
+) -> tuple[list[tuple[TP, int]], list[tuple[TP, int]]]:
+    """Run faust's fetch loop over one fetch (``batch``: faust's ``getmany`` generator, whose
+    code before its first ``yield`` is the time the fetch is under way). Returns what was
+    handed to the streams and the seeks that reached aiokafka."""
+    app = consumer.app
+    fetcher = Fetcher(app)
+    handed: list[tuple[TP, int]] = []
+    seeks: list[tuple[TP, int]] = []
+    calls = 0
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            fetcher._stopped.set()
+            return
+        async for item in batch():
+            yield item
+
+    async def deliver(msg: ConsumerMessage) -> None:
+        handed.append((msg.tp, msg.offset))
+        await asyncio.sleep(0)
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    consumer.getmany = getmany
+    consumer.callback = deliver
+    consumer._seek = seek
+    consumer.assignment = lambda: {TP0, TP1}
+    await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=30)
+    return handed, seeks
+
+
+TP1 = TP(TOPIC, 1)
+
+
+def test_records_fetched_before_a_seek_are_not_handed_over_after_it() -> None:
+    """The monitor reads a partition again from its committed offset 5 while a batch fetched
+    earlier (8, 9, 10) is being handed over: 9 and 10 must not arrive as if read from 5 (they
+    would prove a false gap 5..8, which the next commit passes over)."""
+
+    async def scenario() -> tuple[list[tuple[TP, int]], list[tuple[TP, int]], int | None]:
+        app = new_app()
+        consumer = new_consumer(app)
+        committed_at(consumer, 5)
+
+        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+            gen = app.consumer_generation_id
+            yield TP0, message(8, gen)
+            await consumer.seek(TP0, 5)  # while 8 is handed over
+            for offset in (9, 10):
+                yield TP0, message(offset, gen)
+            yield TP1, message(3, gen, tp=TP1)  # another partition is not affected
+
+        handed, seeks = await drain_batch(consumer, batch)
+        ack(consumer, 8)
+        return handed, seeks, consumer._new_offset(TP0)
+
+    handed, seeks, commit = run(scenario)
+    assert handed == [(TP0, 8), (TP1, 3)]
+    assert seeks == [(TP0, 5)]  # the monitor's; aiokafka fetches from 5 again by itself
+    assert commit is None  # 5, 6, 7 were never processed: nothing to commit past them
+
+
+def test_a_seek_while_the_fetch_is_under_way_is_made_again() -> None:
+    """A seek that runs while aiokafka is returning a fetch can be undone by it (the fetch
+    sets the position after its records): the records are not handed over and the partition
+    is sought again to the same offset."""
+
+    async def scenario() -> tuple[list[tuple[TP, int]], list[tuple[TP, int]]]:
+        app = new_app()
+        consumer = new_consumer(app)
+        committed_at(consumer, 5)
+
+        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+            await consumer.seek(TP0, 5)  # during the fetch, before it returns
+            gen = app.consumer_generation_id
+            for offset in (8, 9):
+                yield TP0, message(offset, gen)
+            yield TP1, message(3, gen, tp=TP1)
+
+        return await drain_batch(consumer, batch)
+
+    handed, seeks = run(scenario)
+    assert handed == [(TP1, 3)]
+    assert seeks == [(TP0, 5), (TP0, 5)]
+
+
+def test_records_fetched_after_a_seek_are_handed_over() -> None:
+    async def scenario() -> list[tuple[TP, int]]:
+        app = new_app()
+        consumer = new_consumer(app)
+        committed_at(consumer, 5)
 
         async def seek(tp: TP, offset: int) -> None:
-            sought.append((tp, offset))
+            pass
 
-        consumer.seek_to_committed = seek_to_committed
         consumer._seek = seek
-        await consumer.perform_seek()
-        return sorted(sought)
+        await consumer.seek(TP0, 5)  # before the fetch started
+        gen = app.consumer_generation_id
 
-    # TP0 back to 5, its head; tp1 to its committed 0 (aiokafka itself only seeks above 0).
-    assert run(scenario) == [(TP0, 5), (TP(TOPIC, 1), 0)]
+        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+            for offset in (5, 6):
+                yield TP0, message(offset, gen)
+
+        handed, _ = await drain_batch(consumer, batch)
+        return handed
+
+    assert run(scenario) == [(TP0, 5), (TP0, 6)]
 
 
 # --- stale_ack ---------------------------------------------------------------------------------

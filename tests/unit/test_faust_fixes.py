@@ -92,12 +92,16 @@ def committed_at(consumer: Any, offset: int | None) -> None:
     offset_marks(consumer).restart(TP0, offset)
 
 
-async def drain(consumer: Any, offsets: list[int]) -> list[int]:
-    """Run faust's fetch loop (``Consumer._drain_messages``) over one fetched batch of records
-    with these offsets; return the offsets it handed to the streams."""
+async def drain_batch(
+    consumer: Any, batch: Callable[[], AsyncIterator[tuple[TP, ConsumerMessage]]]
+) -> tuple[list[tuple[TP, int]], list[tuple[TP, int]]]:
+    """Run faust's fetch loop over one fetch (``batch``: faust's ``getmany`` generator, whose
+    code before its first ``yield`` is the time the fetch is under way). Returns what was
+    handed to the streams and the seeks that reached aiokafka."""
     app = consumer.app
     fetcher = Fetcher(app)
-    handed: list[int] = []
+    handed: list[tuple[TP, int]] = []
+    seeks: list[tuple[TP, int]] = []
     calls = 0
 
     async def getmany(timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:
@@ -106,16 +110,37 @@ async def drain(consumer: Any, offsets: list[int]) -> list[int]:
         if calls > 1:
             fetcher._stopped.set()
             return
-        for offset in offsets:
-            yield TP0, message(offset, generation=app.consumer_generation_id)
+        async for item in batch():
+            yield item
 
     async def deliver(msg: ConsumerMessage) -> None:
-        handed.append(msg.offset)
+        handed.append((msg.tp, msg.offset))
+        await asyncio.sleep(0)
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
 
     consumer.getmany = getmany
     consumer.callback = deliver
+    consumer._seek = seek
+    consumer.assignment = lambda: {TP0, TP1}
     await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=30)
-    return handed
+    return handed, seeks
+
+
+TP1 = TP(TOPIC, 1)
+
+
+async def drain(consumer: Any, offsets: list[int]) -> list[int]:
+    """Run faust's fetch loop over one fetched batch of records with these offsets; return
+    the offsets it handed to the streams."""
+
+    async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+        for offset in offsets:
+            yield TP0, message(offset, generation=consumer.app.consumer_generation_id)
+
+    handed, _ = await drain_batch(consumer, batch)
+    return [offset for _, offset in handed]
 
 
 # --- version guard ---------------------------------------------------------------------------
@@ -324,45 +349,6 @@ def test_perform_seek_goes_back_to_the_head_when_nothing_is_committed(
     # TP0 back to 5, its head; p1 to its committed 0 (aiokafka's own seek_to_committed only
     # seeks above 0); p2, never read and never committed, is left to the reset policy.
     assert run(scenario) == [{TP0: 5, TP(TOPIC, 1): 0}]
-
-
-async def drain_batch(
-    consumer: Any, batch: Callable[[], AsyncIterator[tuple[TP, ConsumerMessage]]]
-) -> tuple[list[tuple[TP, int]], list[tuple[TP, int]]]:
-    """Run faust's fetch loop over one fetch (``batch``: faust's ``getmany`` generator, whose
-    code before its first ``yield`` is the time the fetch is under way). Returns what was
-    handed to the streams and the seeks that reached aiokafka."""
-    app = consumer.app
-    fetcher = Fetcher(app)
-    handed: list[tuple[TP, int]] = []
-    seeks: list[tuple[TP, int]] = []
-    calls = 0
-
-    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            fetcher._stopped.set()
-            return
-        async for item in batch():
-            yield item
-
-    async def deliver(msg: ConsumerMessage) -> None:
-        handed.append((msg.tp, msg.offset))
-        await asyncio.sleep(0)
-
-    async def seek(tp: TP, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    consumer.getmany = getmany
-    consumer.callback = deliver
-    consumer._seek = seek
-    consumer.assignment = lambda: {TP0, TP1}
-    await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=30)
-    return handed, seeks
-
-
-TP1 = TP(TOPIC, 1)
 
 
 def test_records_fetched_before_a_seek_are_not_handed_over_after_it() -> None:

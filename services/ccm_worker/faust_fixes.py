@@ -18,7 +18,7 @@ Each fix replaces the smallest method that carries the bug; the originals stay i
     Upstream: #596 (recovery race leaves gaps in acked offsets), PR #241.
 
 ``commit_offset`` -- ``faust.transport.consumer.Consumer._new_offset``, ``_drain_messages``,
-``perform_seek`` and ``seek``
+``perform_seek``, ``seek`` and ``ThreadDelegateConsumer.seek_wait``
     The committed offset is the NEXT offset to read (Kafka's convention). faust compared it as
     the last processed one (``min(acked) - committed > 1``), so one record missing at the head
     was committed over (loss) and two or more blocked that partition's commits forever
@@ -33,8 +33,16 @@ Each fix replaces the smallest method that carries the bug; the originals stay i
     committed offset yet, the head is the first offset this consumer read from it after the
     last seek (faust committed the first acked run wherever it began), and a later seek goes
     back to that head; a committed offset of 0 is sought to (aiokafka only seeks to offsets
-    above 0). Upstream: #606 (wrong offset committed with gaps, from PR #378/#380, v0.9.0),
-    #596; same class as #216 / PR #217.
+    above 0). A record fetched before a seek of its partition (``seek``, ``seek_wait``,
+    ``perform_seek``) is never handed over after it: faust's fetch loop hands a fetched batch
+    over one record at a time, with awaits in between, so records from the old position
+    arrived after a seek and either proved a false gap from the new position (committed over:
+    loss) or set the read offset past the re-fetched records (dropped: loss), for input and
+    changelog partitions alike. A seek that ran while the fetch itself was under way is made
+    again, as aiokafka's fetch (in the consumer's thread) can set the position after its
+    records over it. ``perform_seek`` reads the committed offsets first and seeks in the
+    consumer's thread. Upstream: #606 (wrong offset committed with gaps, from PR #378/#380,
+    v0.9.0), #596; same class as #216 / PR #217.
 
 ``recovery_seek`` -- ``faust.tables.recovery.Recovery.on_recovery_completed``
     Seek the input partitions to their committed offsets while they are still paused, and
@@ -91,7 +99,12 @@ check_versions()
 
 # The guard above must run before faust, mode or aiokafka are imported.
 from faust.tables.recovery import Recovery  # noqa: E402
-from faust.transport.consumer import CONSUMER_FETCHING, Consumer, ensure_TP  # noqa: E402
+from faust.transport.consumer import (  # noqa: E402
+    CONSUMER_FETCHING,
+    Consumer,
+    ThreadDelegateConsumer,
+    ensure_TP,
+)
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
 from faust.types import TP  # noqa: E402
 from faust.types.tuples import ack_lock  # noqa: E402
@@ -220,16 +233,17 @@ async def _perform_seek(self: Consumer) -> None:
     """
     marks = offset_marks(self)
     committed = await committed_offsets(self)
+    acks_enabled_for = self.app.topics.acks_enabled_for
     starts: dict[TP, int | None] = {}
     for tp, offset in committed.items():
-        # No committed offset: go back to where this consumer started reading, if it did
-        # (nothing before that head was ours; everything from it must be delivered).
-        starts[tp] = offset if offset is not None else marks.head.get(tp)
+        # No committed offset: go back to where this consumer started reading an input
+        # partition, if it did (nothing before that head was ours; everything from it must be
+        # delivered). Changelog partitions are the recovery's to seek.
+        head = marks.head.get(tp) if acks_enabled_for(tp.topic) else None
+        starts[tp] = offset if offset is not None else head
     targets = {tp: start for tp, start in starts.items() if start is not None}
-    for tp, target in targets.items():
-        marks.seeking(tp, target)
     if targets:
-        await self.seek_wait(targets)
+        await self.seek_wait(targets)  # marks them as sought (see _seek_wait)
     for tp, begin in starts.items():
         self._read_offset[tp] = begin
         self._gap.pop(tp, None)
@@ -246,6 +260,15 @@ async def _seek(self: Consumer, partition: TP, offset: int) -> None:
     await ORIGINALS[Consumer, "seek"](self, partition, offset)
     self._gap.pop(tp, None)
     marks.restart(tp, offset)
+
+
+async def _seek_wait(self: Any, partitions: Mapping[TP, int]) -> None:
+    """faust's ``seek_wait`` (the recovery's seeks of changelog partitions, and ours in
+    ``perform_seek``), with the partitions marked as sought before the seek."""
+    marks = offset_marks(self)
+    for tp, offset in partitions.items():
+        marks.seeking(ensure_TP(tp), offset)
+    await ORIGINALS[ThreadDelegateConsumer, "seek_wait"](self, partitions)
 
 
 async def _drain_messages(self: Consumer, fetcher: Any) -> None:
@@ -428,6 +451,7 @@ FIXES: Mapping[str, tuple[tuple[type, str, Any], ...]] = {
         (Consumer, "_drain_messages", _drain_messages),
         (Consumer, "perform_seek", _perform_seek),
         (Consumer, "seek", _seek),
+        (ThreadDelegateConsumer, "seek_wait", _seek_wait),
     ),
     "recovery_seek": ((Recovery, "on_recovery_completed", _on_recovery_completed),),
     "stale_ack": ((Consumer, "ack", _ack),),

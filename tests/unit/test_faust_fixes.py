@@ -403,6 +403,33 @@ def test_a_seek_while_the_fetch_is_under_way_is_made_again() -> None:
     assert seeks == [(TP0, 5), (TP0, 5)]
 
 
+def test_changelog_records_fetched_before_a_recovery_seek_are_not_handed_over() -> None:
+    """The recovery seeks changelog partitions with ``seek_wait``; records of a fetch made
+    before it would reach the recovery above the new start and make it skip the re-fetched
+    ones as already seen."""
+    changelog = TP("fixes-test-ledgers-changelog", 0)
+
+    async def scenario() -> list[tuple[TP, int]]:
+        app = new_app()
+        consumer = new_consumer(app)
+
+        async def thread_seek_wait(partitions: Any) -> None:
+            pass
+
+        consumer._thread.seek_wait = thread_seek_wait
+
+        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+            gen = app.consumer_generation_id
+            yield changelog, message(30, gen, tp=changelog)
+            await consumer.seek_wait({changelog: 0})  # a new recovery reads it from 0
+            yield changelog, message(31, gen, tp=changelog)
+
+        handed, _ = await drain_batch(consumer, batch)
+        return handed
+
+    assert run(scenario) == [(changelog, 30)]
+
+
 def test_records_fetched_after_a_seek_are_handed_over() -> None:
     async def scenario() -> list[tuple[TP, int]]:
         app = new_app()

@@ -123,6 +123,24 @@ def wait_processed(stack: Stack, timeout: float = 120.0) -> None:
     asyncio.run(ops.wait_processed(stack.settings, timeout))
 
 
+def process_with(
+    stack: Stack,
+    tmp: Path,
+    label: str,
+    events: Iterable[tuple[bytes | None, bytes]],
+    data_dir: Path | None = None,
+) -> WorkerProcess:
+    """Start a worker, let it process ``events`` until the group committed them, stop it
+    (gracefully); the stopped worker (its log, its settings) is returned."""
+    worker = WorkerProcess(stack, tmp, label, data_dir=data_dir).start()
+    try:
+        produce(stack, events)
+        wait_processed(stack)
+    finally:
+        worker.stop()
+    return worker
+
+
 def collect(stack: Stack) -> dict[str, list[dict[str, Any]]]:
     """Every output message so far: {"threshold": [...], "billing_record": [...], "dlq": [...]}"""
     return asyncio.run(ops.read_outputs(stack.settings))

@@ -30,6 +30,7 @@ from tests.integration.harness import (
     Stack,
     WorkerProcess,
     collect,
+    process_with,
     produce,
     send_close,
     wait_processed,
@@ -37,7 +38,7 @@ from tests.integration.harness import (
 from tests.integration.test_stream import (
     CLOSE_ALL_DUE,
     assert_agrees_with_replay,
-    events_seen,
+    crash_mid_stream_and_finish,
     replayed,
     simulated,
 )
@@ -122,24 +123,14 @@ def test_restart_on_kept_store_reads_only_the_gap_and_equals_a_cold_rebuild(
     stack = Stack(kafka_bootstrap, store="rocksdb")
     stack.create_topics()
     kept = tmp_path / "kept-data"
-    first = WorkerProcess(stack, tmp_path, "first", data_dir=kept).start()
-    try:
-        produce(stack, events[:half])
-        wait_processed(stack)
-    finally:
-        first.stop()
+    first = process_with(stack, tmp_path, "first", events[:half], data_dir=kept)
     written = sum(end for _, end in changelog_bounds(stack).values())
     assert written > 100
     assert recovered(first) == 0  # a new store on an empty changelog
 
     # another worker (its own data directory) goes on while the kept store is offline
-    other = WorkerProcess(stack, tmp_path, "other").start()
-    try:
-        assert recovered(other) > 0  # a new data directory: the whole changelog
-        produce(stack, events[half:three_quarters])
-        wait_processed(stack)
-    finally:
-        other.stop()
+    other = process_with(stack, tmp_path, "other", events[half:three_quarters])
+    assert recovered(other) > 0  # a new data directory: the whole changelog
     written_after = sum(end for _, end in changelog_bounds(stack).values())
     assert written_after > written
 
@@ -198,12 +189,7 @@ def test_untrusted_local_stores_are_detected_and_rebuilt(
     stack = Stack(kafka_bootstrap, store="rocksdb")
     stack.create_topics()
     kept = tmp_path / "kept-data"
-    first = WorkerProcess(stack, tmp_path, "first", data_dir=kept).start()
-    try:
-        produce(stack, events)
-        wait_processed(stack)
-    finally:
-        first.stop()
+    first = process_with(stack, tmp_path, "first", events, data_dir=kept)
     before = stored_ledgers(kept)
     dirs = store_dirs(kept)
     assert sorted(dirs) == list(range(stack.partitions))
@@ -255,27 +241,7 @@ def test_kill_mid_stream_on_rocksdb_equals_replay(kafka_bootstrap: str, tmp_path
     events = simulated(patients=1500, seed=41)
     stack = Stack(kafka_bootstrap, store="rocksdb")
     stack.create_topics()
-    kept = tmp_path / "kept-data"
-    first = WorkerProcess(stack, tmp_path, "crash", data_dir=kept).start()
-    try:
-        produce(stack, events)
-        deadline = time.monotonic() + 60
-        done = 0.0
-        while done == 0 and time.monotonic() < deadline:
-            done = events_seen(first.metrics())
-            time.sleep(0.02)
-        first.kill()
-    finally:
-        first.kill()
-    assert 0 < done < len(events), "the crash must come mid-stream"
-    second = WorkerProcess(stack, tmp_path, "after", data_dir=kept).start()
-    try:
-        wait_processed(stack)
-        send_close(stack, CLOSE_ALL_DUE)
-        wait_processed(stack)
-        stream = collect(stack)
-    finally:
-        second.stop()
+    stream, second = crash_mid_stream_and_finish(stack, tmp_path, events, tmp_path / "kept")
     assert not log_events(second, "local_store_rebuilt"), "a crash leaves a trusted store"
     assert_agrees_with_replay(stream, replayed(events))
 

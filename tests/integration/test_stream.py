@@ -201,13 +201,13 @@ def test_restart_recovers_table_without_duplicates(kafka_bootstrap: str, tmp_pat
     assert first.errors() == [] and second.errors() == []
 
 
-def test_crash_mid_stream_loses_nothing_and_counts_nothing_twice(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    events = simulated(patients=1500, seed=23)
-    stack = Stack(kafka_bootstrap)
-    stack.create_topics()
-    first = WorkerProcess(stack, tmp_path, "crash").start()
+def crash_mid_stream_and_finish(
+    stack: Stack, tmp: Path, events: list[tuple[bytes, bytes]], data_dir: Path | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], WorkerProcess]:
+    """kill -9 a worker while it works through ``events``; a second worker (on the same data
+    directory) finishes them and closes every due month. Returns the outputs and the second
+    worker (stopped)."""
+    first = WorkerProcess(stack, tmp, "crash", data_dir=data_dir).start()
     try:
         produce(stack, events)
         # kill -9 while the worker is still working through the backlog
@@ -220,7 +220,7 @@ def test_crash_mid_stream_loses_nothing_and_counts_nothing_twice(
     finally:
         first.kill()
     assert 0 < done < len(events), "the crash must come mid-stream"
-    second = WorkerProcess(stack, tmp_path, "after").start()
+    second = WorkerProcess(stack, tmp, "after", data_dir=data_dir).start()
     try:
         wait_processed(stack)
         send_close(stack, CLOSE_ALL_DUE)
@@ -228,6 +228,16 @@ def test_crash_mid_stream_loses_nothing_and_counts_nothing_twice(
         stream = collect(stack)
     finally:
         second.stop()
+    return stream, second
+
+
+def test_crash_mid_stream_loses_nothing_and_counts_nothing_twice(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    events = simulated(patients=1500, seed=23)
+    stack = Stack(kafka_bootstrap)
+    stack.create_topics()
+    stream, _ = crash_mid_stream_and_finish(stack, tmp_path, events)
     # Same ids and the same final records as the core: nothing lost, no minute counted twice.
     # At-least-once may re-publish an output after a crash, always with the same id.
     assert_agrees_with_replay(stream, replayed(events))

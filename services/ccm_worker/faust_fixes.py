@@ -41,7 +41,12 @@ Each fix replaces the smallest method that carries the bug; the originals stay i
     changelog partitions alike. A seek that ran while the fetch itself was under way is made
     again, as aiokafka's fetch (in the consumer's thread) can set the position after its
     records over it. ``perform_seek`` reads the committed offsets first and seeks in the
-    consumer's thread. Upstream: #606 (wrong offset committed with gaps, from PR #378/#380,
+    consumer's thread; a partition with neither a committed offset nor a head (nothing read
+    yet) is sought to its earliest offset (the reset policy) instead of being left where it
+    is: faust's ``getmany`` drops a fetched batch when the flow stops or the generation
+    changes mid-batch, and the records of a partition paused meanwhile, after aiokafka moved
+    the position past them; faust's own ``perform_seek`` (``seek_to_committed``) then left
+    such a partition past records nobody processed. Upstream: #606 (wrong offset committed with gaps, from PR #378/#380,
     v0.9.0), #596; same class as #216 / PR #217.
 
 ``recovery_seek`` -- ``faust.tables.recovery.Recovery.on_recovery_completed``
@@ -241,6 +246,17 @@ async def _perform_seek(self: Consumer) -> None:
         # delivered). Changelog partitions are the recovery's to seek.
         head = marks.head.get(tp) if acks_enabled_for(tp.topic) else None
         starts[tp] = offset if offset is not None else head
+    # Nothing committed and nothing read: the reset policy's start. Not leaving the position
+    # where it is: records fetched but dropped on their way (faust's getmany drops a fetched
+    # batch when the flow stops or the generation changes, and those of a paused partition)
+    # left it past records nobody read (seen: a month-close command fetched, never processed).
+    fresh = [tp for tp, start in starts.items() if start is None and acks_enabled_for(tp.topic)]
+    if fresh and self.app.conf.consumer_auto_offset_reset == "earliest":
+        earliest = await self.earliest_offsets(*fresh)
+        for tp in fresh:
+            first = earliest.get(tp)
+            if first is not None and first >= 0:
+                starts[tp] = first
     targets = {tp: start for tp, start in starts.items() if start is not None}
     if targets:
         await self.seek_wait(targets)  # marks them as sought (see _seek_wait)

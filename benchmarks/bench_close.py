@@ -84,14 +84,18 @@ def commands(mode: str) -> list[MonthCloseCommand]:
                 requested_by="bench",
             )
         ]
-    now = datetime.now(UTC)
+    return month_commands(datetime.now(UTC), str(int(time.time())))
+
+
+def month_commands(as_of: datetime, tag: str) -> list[MonthCloseCommand]:
+    """One ``mode=month`` close of ``MONTH`` per practice (``profile_close.py`` too)."""
     return [
         MonthCloseCommand(
-            command_id=f"bench-close-{practice}-{int(time.time())}",
+            command_id=f"bench-close-{practice}-{tag}",
             mode="month",
             practice_id=practice,
             service_month=MONTH,
-            as_of=now,
+            as_of=as_of,
             requested_by="bench",
         )
         for practice in PRACTICES

@@ -1,0 +1,183 @@
+"""CPU profile of the worker's month close, without a broker.
+
+The same fill as ``bench_close.py`` (``synthetic_month``: 100,000 patient-months, 1-3 logs
+each), applied through ``TallyWorker.process_batch`` in batches of 2,000 on each patient's home
+partition; then one batch of the close commands ``bench_close.py`` sends (``mode=month`` for
+each practice, to every partition: 24 commands), through ``process_batch`` again. The sends are
+left out (the broker's part): ``_send_all`` is replaced by a function that keeps the messages,
+so that everything the worker computes for the batch (the core's close, the status coalescing,
+each output's CloudEvents JSON, headers, metrics and log line, the changelog values) is
+measured, in CPU time.
+
+    python benchmarks/profile_close.py                        # 100,000, cProfile of the close
+    python benchmarks/profile_close.py --patients 20000 --no-profile
+    python benchmarks/profile_close.py --digest               # sha256 of the close's messages
+
+``--digest`` prints a hash of every message of the close batch (topic, partition, key, value,
+headers, in order): it must not change when the close path is optimised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import hashlib
+import io
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from ccm_core.observability import configure_logging
+from ccm_core.settings import Settings
+from ccm_worker.app import TallyWorker, home_partition
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks.common`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_close import MONTH, month_commands
+from benchmarks.common import synthetic_month
+
+CLOSED_AT = datetime(2026, 4, 10, 12, 0, tzinfo=UTC)  # fixed: the digest is reproducible
+
+
+def event(topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> Any:
+    message = SimpleNamespace(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        tp=TP(topic, partition),
+        key=key,
+        value=value,
+        timestamp=1_775_000_000.0,
+        headers=None,
+    )
+    return SimpleNamespace(message=message)
+
+
+def close_events(worker: TallyWorker) -> list[Any]:
+    """What ``bench_close.py`` sends: one ``mode=month`` command per practice, on every
+    partition of the control topic."""
+    out = []
+    n = worker.settings.partitions
+    for i, command in enumerate(month_commands(CLOSED_AT, "profile")):
+        raw = command.model_dump_json().encode()
+        out += [event(worker.control, p, i, None, raw) for p in range(n)]
+    return out
+
+
+def build(patients: int, tmp: Path) -> tuple[TallyWorker, list[list[Any]]]:
+    worker = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp))
+    sent: list[list[Any]] = []
+
+    async def keep(out: dict[int, list[Any]], forwards: list[Any]) -> None:
+        sent.append([m for p in sorted(out) for m in out[p]] + forwards)
+
+    worker._send_all = keep  # type: ignore[method-assign]  # the broker's part
+    n = worker.settings.partitions
+    offsets = [0] * n
+    events = []
+    for payload in synthetic_month(patients, MONTH):
+        key = payload.key.encode()
+        p = home_partition(key, n)
+        events.append(event(worker.settings.topics.timelog, p, offsets[p], key, payload.value))
+        offsets[p] += 1
+
+    async def fill() -> None:
+        for i in range(0, len(events), 2000):
+            await worker.process_batch(events[i : i + 2000])
+
+    asyncio.run(fill())
+    sent.clear()
+    return worker, sent
+
+
+def digest(messages: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for topic, partition, key, value, headers in messages:
+        for part in (topic.encode(), str(partition).encode(), key or b"", value or b""):
+            h.update(len(part).to_bytes(8, "big") + part)
+        h.update(repr(headers).encode())
+    return h.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--no-profile", action="store_true", help="CPU time only")
+    parser.add_argument("--digest", action="store_true", help="hash of the close's messages")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--log", type=Path, default=Path("/dev/null"), help="worker's log")
+    args = parser.parse_args()
+
+    log_file = args.log.open("w")
+    sys.stderr, real_stderr = log_file, sys.stderr
+    configure_logging("INFO", json=True)  # as the worker runs: one JSON line per log call
+    with tempfile.TemporaryDirectory(prefix="ccm-profile-close-") as tmp:
+        t0 = time.process_time()
+        worker, sent = build(args.patients, Path(tmp))
+        print(f"fill: {args.patients:,} patients, {time.process_time() - t0:.1f} s CPU")
+        batch = close_events(worker)
+        gc.collect()
+        gc_seconds = [0.0, 0.0]  # time in the cyclic garbage collector, collections
+        gc_by_generation = [[0, 0.0], [0, 0.0], [0, 0.0]]  # collections, seconds
+
+        def gc_clock(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_seconds[1] += 1
+                gc_started[0] = time.process_time()
+            else:
+                spent = time.process_time() - gc_started[0]
+                gc_seconds[0] += spent
+                gc_by_generation[info["generation"]][0] += 1
+                gc_by_generation[info["generation"]][1] += spent
+
+        gc_started = [0.0]
+        gc.callbacks.append(gc_clock)
+        profiler = None if args.no_profile else cProfile.Profile()
+        cpu0 = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        asyncio.run(worker.process_batch(batch))
+        if profiler is not None:
+            profiler.disable()
+        cpu = time.process_time() - cpu0
+        gc.callbacks.remove(gc_clock)
+    sys.stderr = real_stderr
+    log_file.close()
+    messages = sent[0]
+    kinds: dict[str, list[int]] = {}  # topic -> [messages, bytes of keys and values]
+    for topic, _, key, value, _ in messages:
+        seen = kinds.setdefault(topic, [0, 0])
+        seen[0] += 1
+        seen[1] += len(key or b"") + len(value or b"")
+    print(
+        f"close batch: {len(batch)} commands, {len(messages):,} messages, {cpu:.2f} s CPU "
+        f"(of which {gc_seconds[0]:.2f} s in {gc_seconds[1]:.0f} garbage collections)"
+    )
+    print(
+        "  collections by generation: "
+        + ", ".join(f"gen{g} {n:,} ({t:.2f} s)" for g, (n, t) in enumerate(gc_by_generation))
+    )
+    for topic, (count, size) in sorted(kinds.items()):
+        print(f"  {topic}: {count:,} messages, {size / 1e6:,.1f} MB")
+    if args.digest:
+        print(f"digest: {digest(messages)}")
+    if profiler is not None:
+        for sort in ("cumulative", "tottime"):
+            buf = io.StringIO()
+            pstats.Stats(profiler, stream=buf).sort_stats(sort).print_stats(args.top)
+            print(buf.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -610,7 +610,12 @@ def ledgers_of(
     keeps only the ledgers it changes, so memory stays bounded by the cache)."""
     if isinstance(data, LedgerStore):
         return _stored_then(data, partition, touched)
-    ledgers = {pid: ledger for pid, ledger in list(data.items()) if ledger.partition == partition}
+    # One pass over the memory store's dict, not over a copy of it: nothing else runs during
+    # this loop. The copy made a tuple per ledger of the whole table for every close command
+    # (24 commands for 3 practices on 8 partitions): at 100,000 ledgers, 2.4 million short-lived
+    # tracked objects, which set off full garbage collections of the heap (its ledgers and the
+    # close's outputs: ~1.8 s each); the iterator reuses its one tuple.
+    ledgers = {pid: ledger for pid, ledger in data.items() if ledger.partition == partition}
     ledgers.update(touched)
     return list(ledgers.values())
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import threading
@@ -464,6 +465,10 @@ class TallyWorker:
         t_sent = time.perf_counter()
         self._batch_progress = time.monotonic()
         await self._send_all(out, forwards)
+        if self._collector_paused:  # by a close (see _pause_collector): sent, so let go
+            produced.clear()
+            out.clear()
+            self._resume_collector()
         if self._debug:
             log.debug(
                 "batch_timing",
@@ -621,10 +626,33 @@ class TallyWorker:
 
     # ------------------------------------------------------------------ month close
 
+    _collector_paused = False  # the cyclic garbage collector is off until the batch is sent
+
+    def _pause_collector(self) -> None:
+        """Switch the cyclic garbage collector off until this batch's outputs are sent.
+
+        A close makes a few objects per patient-month (the record, its envelope, FHIR items,
+        the status) that all live until the batch is sent, then go at once (reference
+        counting frees them: no cycles). On a heap of 100,000 ledgers (a million tracked
+        objects) they set off a full collection of the whole heap every time a quarter more
+        objects survived: at the close of 100,000 patient-months, 8 to 11 collections of
+        about 2 s each, most of the close's CPU, finding nothing to free. With the collector
+        off for the batch the objects are freed as before and never walked; it is switched
+        on again by :meth:`process_batch` after the sends (a failing batch ends the process).
+        """
+        if gc.isenabled():
+            gc.disable()
+            self._collector_paused = True
+
+    def _resume_collector(self) -> None:
+        self._collector_paused = False
+        gc.enable()
+
     def _close(self, raw: bytes, msg: Any, touched: Ledgers) -> list[Output]:
         """Apply a close command to the ledgers of the message's partition (the core's
         ``apply_close``, which replay applies to a close line too)."""
         started = time.perf_counter()
+        self._pause_collector()
         command, dead = decode_close(raw, _source(msg))
         if command is None:
             log.warning("close_command_rejected", partition=msg.partition, offset=msg.offset)

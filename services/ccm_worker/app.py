@@ -50,7 +50,6 @@ faust_fixes.apply()  # before any faust object is built: see the module's docstr
 import faust  # noqa: E402  (the fixes must be applied first)
 from aiokafka.errors import KafkaError  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
-from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: E402
 from faust.serializers import codecs  # noqa: E402
 from faust.types import TP  # noqa: E402
 
@@ -187,6 +186,10 @@ class LedgerTable(faust.Table[str, PatientLedger]):
                 ledger.partition = event.message.partition
 
 
+RECORD_BATCH_BYTES = 256 * 1024
+"""Size of the record batches the worker's producers fill (see ``producer_max_batch_size``)."""
+
+
 class FencedError(Exception):
     """This worker's transactional producer for a partition is gone or fenced."""
 
@@ -228,6 +231,12 @@ class TallyWorker:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger_ms=2,
+            # faust's default is 16 KiB, and aiokafka puts one record batch per
+            # topic-partition in a produce request, one request in flight per broker for an
+            # idempotent (transactional) producer: a close of 100,000 patient-months (about
+            # 480 MB of records, statuses, ChargeItems and ledgers) was some 30,000 round trips.
+            # 256 KiB stays well under the broker's and the topics' 1 MB message limit.
+            producer_max_batch_size=RECORD_BATCH_BYTES,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max_events),
             stream_wait_empty=True,
             stream_recovery_delay=0.2,
@@ -997,30 +1006,6 @@ def _is_fenced(exc: BaseException) -> bool:
     return name in {"ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed"}
 
 
-RECORD_BATCH_BYTES = 256 * 1024
-"""Size of the record batches the worker fills (the hand-written worker's ``max_batch_size``).
-
-faust builds its producers with ``producer_max_batch_size`` 16 KiB, and aiokafka puts one
-record batch per topic-partition in a produce request, with one request in flight per broker
-for an idempotent (transactional) producer: at 16 KiB, a close of 100,000 patient-months (about
-480 MB of records, statuses, ChargeItems and ledgers) is some 30,000 batches, each a round trip
-for its topic-partition. 256 KiB stays well under the broker's and topics' 1 MB message limit."""
-
-
-def _new_batch(producer: Any) -> Any:
-    """An empty record batch of ``RECORD_BATCH_BYTES`` for an aiokafka producer: its
-    ``create_batch()`` with another size (aiokafka 0.14.0, pinned: see ``faust_fixes``)."""
-    accumulator = producer._message_accumulator
-    txn = accumulator._txn_manager
-    return BatchBuilder(
-        RECORD_BATCH_BYTES,
-        accumulator._compression_type,
-        is_transactional=txn is not None and txn.transactional_id is not None,
-        key_serializer=producer._key_serializer,
-        value_serializer=producer._value_serializer,
-    )
-
-
 async def _send_batches(producer: Any, messages: Sequence[Message]) -> list[Awaitable[Any]]:
     """Append ``messages`` (in order) to one record batch per topic-partition of the aiokafka
     producer and submit them; the futures resolve on the broker's acks."""
@@ -1029,10 +1014,10 @@ async def _send_batches(producer: Any, messages: Sequence[Message]) -> list[Awai
     for topic, partition, key, value, headers in messages:
         batch = open_.get((topic, partition))
         if batch is None:
-            batch = open_[(topic, partition)] = _new_batch(producer)
+            batch = open_[(topic, partition)] = producer.create_batch()
         if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
             sent.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = open_[(topic, partition)] = _new_batch(producer)
+            batch = open_[(topic, partition)] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                 raise ValueError(f"a {len(value or b'')}-byte message does not fit a batch")
     for (topic, partition), batch in open_.items():

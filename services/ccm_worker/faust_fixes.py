@@ -46,8 +46,8 @@ Each fix replaces the smallest method that carries the bug; the originals stay i
     is: faust's ``getmany`` drops a fetched batch when the flow stops or the generation
     changes mid-batch, and the records of a partition paused meanwhile, after aiokafka moved
     the position past them; faust's own ``perform_seek`` (``seek_to_committed``) then left
-    such a partition past records nobody processed. Upstream: #606 (wrong offset committed with gaps, from PR #378/#380,
-    v0.9.0), #596; same class as #216 / PR #217.
+    such a partition past records nobody processed. Upstream: #606 (wrong offset committed
+    with gaps, from PR #378/#380, v0.9.0), #596; same class as #216 / PR #217.
 
 ``recovery_seek`` -- ``faust.tables.recovery.Recovery.on_recovery_completed``
     Seek the input partitions to their committed offsets while they are still paused, and

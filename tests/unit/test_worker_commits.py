@@ -10,12 +10,16 @@ writes, would seal those writes with offsets that say the batch is still to come
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 from faust.types import TP
 
+from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
 from ccm_worker.app import TallyWorker
 from tests.unit.test_faust_fixes import TOPIC, TP0, ack, committed_at
@@ -142,3 +146,31 @@ def test_the_recovery_probe_stops_quietly_when_the_worker_stops(tmp_path: Path) 
 
     logs = run(main())
     assert [e for e in logs if e.get("log_level") == "error"] == []
+
+
+def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after(
+    tmp_path: Path,
+) -> None:
+    """A close's outputs live until the batch is sent: the cyclic collector is off meanwhile
+    (it walked the whole heap again and again for nothing), and on again once they are sent."""
+
+    async def main() -> tuple[list[bool], bool]:
+        w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+        during: list[bool] = []
+
+        async def send_all(out: Any, forwards: Any) -> None:  # the broker's part
+            during.append(gc.isenabled())
+
+        w._send_all = send_all  # type: ignore[method-assign]
+        command = MonthCloseCommand(
+            command_id="c1", mode="due", as_of=datetime.now(UTC), requested_by="test"
+        )
+        msg = SimpleNamespace(
+            topic=w.control, partition=0, offset=0, tp=TP(w.control, 0), key=None,
+            value=command.model_dump_json().encode(), timestamp=time.time(), headers=[],
+        )  # fmt: skip
+        await w.process_batch([SimpleNamespace(message=msg)])
+        return during, gc.isenabled()
+
+    assert gc.isenabled()
+    assert run(main()) == ([False], True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import sys
@@ -190,6 +191,11 @@ async def latency(
 
     Returns (readable latencies, producer-timestamp latencies, unmatched, achieved rate).
     """
+    # The benchmark's own heap (the simulated events, tens of thousands of objects) must not
+    # stop its producer and reader for full garbage collections during the measurement (seen:
+    # 60-160 ms each): it is frozen, as the worker freezes its ledgers.
+    gc.collect()
+    gc.freeze()
     ids: list[str | None] = []
     for e in events:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from faust.types import TP
 
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
-from ccm_worker.app import TallyWorker
+from ccm_worker.app import HEAP_FULL_COLLECTION_SECONDS, TallyWorker
 from tests.unit.test_faust_fixes import TOPIC, TP0, ack, committed_at
 
 
@@ -174,3 +175,39 @@ def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after
 
     assert gc.isenabled()
     assert run(main()) == ([False], True)
+
+
+def test_the_heap_is_frozen_each_monitor_tick_and_collected_in_full_every_hour(
+    tmp_path: Path,
+) -> None:
+    """Full collections walk every ledger (the tail of the latency): the monitor freezes the
+    survivors of the young generations, and once an hour collects everything in full, so
+    cyclic garbage that was frozen does not stay for good."""
+
+    class Node:
+        other: Any = None
+
+    w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    gc.unfreeze()
+    try:
+        w._freeze_heap()
+        assert gc.get_freeze_count() > 0
+        gc.unfreeze()
+        w._pause_collector()  # a close batch in flight: not now
+        w._freeze_heap()
+        assert gc.get_freeze_count() == 0
+        w._resume_collector()
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a reference cycle, frozen while still in use
+        gone = weakref.ref(a)
+        gc.freeze()
+        del a, b
+        w._freeze_heap()  # a tick within the hour: the frozen cycle stays
+        assert gone() is not None
+        w._heap_collected_at -= HEAP_FULL_COLLECTION_SECONDS
+        w._freeze_heap()  # the hourly full collection
+        assert gone() is None
+        assert gc.get_freeze_count() > 0  # and frozen again
+    finally:
+        gc.unfreeze()

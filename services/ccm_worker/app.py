@@ -48,6 +48,7 @@ from . import faust_fixes
 faust_fixes.apply()  # before any faust object is built: see the module's docstring
 
 import faust  # noqa: E402  (the fixes must be applied first)
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.errors import KafkaError  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 from faust.serializers import codecs  # noqa: E402
@@ -292,6 +293,8 @@ class TallyWorker:
         self.app.timer(5.0, on_leader=False, name="monitor")(self._monitor)
         self._recovery_probe = faust_fixes.RecoveryEndProbe()
         self._recovery_probe_task: asyncio.Task[None] | None = None
+        self._offsets_client: AIOKafkaConsumer | None = None  # see _end_offsets
+        self.app.on_before_shutdown.connect(cast(Any, self._stop_offsets_client))
         self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         self._batch_lock = asyncio.Lock()
         self._commits_guarded = False
@@ -892,16 +895,45 @@ class TallyWorker:
         return int(offset) if offset is not None else 0
 
     async def _end_offsets(self) -> dict[TP, int] | None:
-        """Last stable offsets of the owned input partitions (None: no answer)."""
+        """Last stable offsets of the owned input partitions (None: no answer).
+
+        Asked through a client of our own (``read_committed``, no group), not faust's
+        consumer: that one lives in faust's consumer thread, whose two-worker method queue also
+        serves the fetch loop, and its ListOffsets request went out on the fetch connection,
+        where Kafka answers it only after the parked long-poll fetch. Every 5 s the query took
+        about 100 ms and the input fetched meanwhile waited (clusters of produce-to-threshold
+        latency 5 s apart, 120-220 ms, in ``bench_stream.py``)."""
         owned = self.owned_partitions()
         if not owned:
             return {}
-        tps = [TP(t, p) for t in self.inputs for p in owned]
+        tps = [TopicPartition(t, p) for t in self.inputs for p in owned]
         try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=5.0)
+            client = await self._offsets()
+            ends = await asyncio.wait_for(client.end_offsets(tps), timeout=5.0)
         except (TimeoutError, KafkaError, Exception):
             return None
-        return {tp: int(v) for tp, v in ends.items() if v is not None}
+        return {TP(tp.topic, tp.partition): int(v) for tp, v in ends.items() if v is not None}
+
+    async def _offsets(self) -> AIOKafkaConsumer:
+        if self._offsets_client is None:
+            s = self.settings
+            client = AIOKafkaConsumer(
+                bootstrap_servers=s.kafka_bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",  # end offsets are last stable offsets
+                client_id=f"{s.app_id}-offsets",
+                **kafka_security.aiokafka_kwargs(s),
+            )
+            await client.start()
+            self._offsets_client = client
+        return self._offsets_client
+
+    async def _stop_offsets_client(self, app: Any, **kwargs: Any) -> None:
+        client, self._offsets_client = self._offsets_client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.stop()
 
     def _watchdog(self, ends: dict[TP, int] | None) -> list[TP]:
         """Fail-stop when committed offsets stop moving while input waits.

@@ -211,3 +211,15 @@ def test_the_heap_is_frozen_each_monitor_tick_and_collected_in_full_every_hour(
         assert gc.get_freeze_count() > 0  # and frozen again
     finally:
         gc.unfreeze()
+
+
+def test_recovered_ledgers_are_frozen_out_of_the_collectors_reach(tmp_path: Path) -> None:
+    """A recovery builds every ledger of its partitions before the monitor's first tick: each
+    applied changelog batch is frozen at once, or the collector walks them all again and again."""
+    w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    gc.unfreeze()
+    try:
+        w.table.apply_changelog_batch([])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

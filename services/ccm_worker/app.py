@@ -930,7 +930,12 @@ class TallyWorker:
                 client_id=f"{s.app_id}-offsets",
                 **kafka_security.aiokafka_kwargs(s),
             )
-            await client.start()
+            try:
+                await client.start()
+            except BaseException:  # no broker now: nothing left open; the next tick retries
+                with contextlib.suppress(Exception):
+                    await client.stop()
+                raise
             self._offsets_client = client
         return self._offsets_client
 

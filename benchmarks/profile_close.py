@@ -12,6 +12,13 @@ measured, in CPU time.
     python benchmarks/profile_close.py                        # 100,000, cProfile of the close
     python benchmarks/profile_close.py --patients 20000 --no-profile
     python benchmarks/profile_close.py --digest               # sha256 of the close's messages
+    python benchmarks/profile_close.py --stream 20000         # the stream path instead
+
+``--stream N`` profiles the steady stream instead of the close: ``bench_stream.py``'s N
+simulated events (logs, enrollments, voids, duplicates, malformed payloads) through
+``process_batch`` in batches of 800 on their home partitions, sends left out. It is the worker's
+own CPU per event; ``bench_stream.py``'s "CPU per event" of the worker process also counts
+faust's and aiokafka's (fetch, messages, streams, acks, producers, transactions).
 
 ``--digest`` prints a hash of every message of the close batch (topic, partition, key, value,
 headers, in order): it must not change when the close path is optimised.
@@ -101,6 +108,57 @@ def build(patients: int, tmp: Path) -> tuple[TallyWorker, list[list[Any]]]:
     return worker, sent
 
 
+def stream_events(worker: TallyWorker, count: int) -> list[Any]:
+    """``bench_stream.py``'s simulated events, on their home partitions."""
+    from benchmarks.bench_stream import simulated
+
+    n = worker.settings.partitions
+    offsets = [0] * n
+    out = []
+    for sim in simulated(count, 1, "sim"):
+        key = sim.key.encode()
+        p = home_partition(key, n)
+        out.append(event(worker.settings.topics.timelog, p, offsets[p], key, sim.value))
+        offsets[p] += 1
+    return out
+
+
+def profile_stream(count: int, top: int, profile: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="ccm-profile-stream-") as tmp:
+        worker = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=Path(tmp)))
+
+        async def drop(out: dict[int, list[Any]], forwards: list[Any]) -> None:
+            pass
+
+        worker._send_all = drop  # type: ignore[method-assign]  # the broker's part
+        events = stream_events(worker, count)
+        gc.collect()
+        gc.freeze()  # as the worker's monitor does
+
+        async def run() -> None:
+            for i in range(0, len(events), 800):
+                await worker.process_batch(events[i : i + 800])
+
+        profiler = cProfile.Profile() if profile else None
+        cpu0 = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        asyncio.run(run())
+        if profiler is not None:
+            profiler.disable()
+        cpu = time.process_time() - cpu0
+    label = " (under cProfile)" if profiler is not None else ""
+    print(
+        f"stream: {len(events):,} events, {cpu:.2f} s CPU, {1e6 * cpu / len(events):.0f} us "
+        f"per event{label}",
+        file=sys.__stdout__,
+    )
+    if profiler is not None:
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(top)
+        print(buf.getvalue(), file=sys.__stdout__)
+
+
 def digest(messages: Sequence[Any]) -> str:
     h = hashlib.sha256()
     for topic, partition, key, value, headers in messages:
@@ -117,11 +175,16 @@ def main() -> None:
     parser.add_argument("--digest", action="store_true", help="hash of the close's messages")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--log", type=Path, default=Path("/dev/null"), help="worker's log")
+    parser.add_argument("--stream", type=int, metavar="N", help="profile N stream events")
     args = parser.parse_args()
 
     log_file = args.log.open("w")
     sys.stderr, real_stderr = log_file, sys.stderr
     configure_logging("INFO", json=True)  # as the worker runs: one JSON line per log call
+    if args.stream:
+        sys.stdout = log_file  # structlog's lines
+        profile_stream(args.stream, args.top, not args.no_profile)
+        return
     with tempfile.TemporaryDirectory(prefix="ccm-profile-close-") as tmp:
         t0 = time.process_time()
         worker, sent = build(args.patients, Path(tmp))

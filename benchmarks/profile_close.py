@@ -36,7 +36,7 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,71 +82,77 @@ def close_events(worker: TallyWorker) -> list[Any]:
     return out
 
 
-def build(patients: int, tmp: Path) -> tuple[TallyWorker, list[list[Any]]]:
+def worker_without_broker(tmp: Path) -> tuple[TallyWorker, list[list[Any]]]:
+    """A worker whose sends (the broker's part) are kept in the returned list instead, one
+    entry per batch."""
     worker = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp))
     sent: list[list[Any]] = []
 
     async def keep(out: dict[int, list[Any]], forwards: list[Any]) -> None:
         sent.append([m for p in sorted(out) for m in out[p]] + forwards)
 
-    worker._send_all = keep  # type: ignore[method-assign]  # the broker's part
+    worker._send_all = keep  # type: ignore[method-assign]
+    return worker, sent
+
+
+def on_home_partitions(worker: TallyWorker, payloads: Iterable[Any]) -> list[Any]:
+    """Time-log topic events of ``payloads`` (``.key``, ``.value``), each on its key's home
+    partition with consecutive offsets there."""
     n = worker.settings.partitions
     offsets = [0] * n
     events = []
-    for payload in synthetic_month(patients, MONTH):
+    for payload in payloads:
         key = payload.key.encode()
         p = home_partition(key, n)
         events.append(event(worker.settings.topics.timelog, p, offsets[p], key, payload.value))
         offsets[p] += 1
+    return events
 
-    async def fill() -> None:
-        for i in range(0, len(events), 2000):
-            await worker.process_batch(events[i : i + 2000])
 
-    asyncio.run(fill())
+def in_batches(worker: TallyWorker, events: list[Any], size: int) -> Any:
+    async def run() -> None:
+        for i in range(0, len(events), size):
+            await worker.process_batch(events[i : i + size])
+
+    return run()
+
+
+def cpu_of(work: Any, profile: bool) -> tuple[float, cProfile.Profile | None]:
+    """CPU seconds of running the coroutine ``work`` (under cProfile if ``profile``)."""
+    profiler = cProfile.Profile() if profile else None
+    cpu0 = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    asyncio.run(work)
+    if profiler is not None:
+        profiler.disable()
+    return time.process_time() - cpu0, profiler
+
+
+def print_profile(profiler: cProfile.Profile, sorts: Sequence[str], top: int) -> None:
+    for sort in sorts:
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats(sort).print_stats(top)
+        print(buf.getvalue(), file=sys.__stdout__)
+
+
+def build(patients: int, tmp: Path) -> tuple[TallyWorker, list[list[Any]]]:
+    worker, sent = worker_without_broker(tmp)
+    events = on_home_partitions(worker, synthetic_month(patients, MONTH))
+    asyncio.run(in_batches(worker, events, 2000))
     sent.clear()
     return worker, sent
 
 
-def stream_events(worker: TallyWorker, count: int) -> list[Any]:
-    """``bench_stream.py``'s simulated events, on their home partitions."""
+def profile_stream(count: int, top: int, profile: bool) -> None:
     from benchmarks.bench_stream import simulated
 
-    n = worker.settings.partitions
-    offsets = [0] * n
-    out = []
-    for sim in simulated(count, 1, "sim"):
-        key = sim.key.encode()
-        p = home_partition(key, n)
-        out.append(event(worker.settings.topics.timelog, p, offsets[p], key, sim.value))
-        offsets[p] += 1
-    return out
-
-
-def profile_stream(count: int, top: int, profile: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="ccm-profile-stream-") as tmp:
-        worker = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=Path(tmp)))
-
-        async def drop(out: dict[int, list[Any]], forwards: list[Any]) -> None:
-            pass
-
-        worker._send_all = drop  # type: ignore[method-assign]  # the broker's part
-        events = stream_events(worker, count)
+        worker, _sent = worker_without_broker(Path(tmp))
+        events = on_home_partitions(worker, simulated(count, 1, "sim"))
         gc.collect()
         gc.freeze()  # as the worker's monitor does
-
-        async def run() -> None:
-            for i in range(0, len(events), 800):
-                await worker.process_batch(events[i : i + 800])
-
-        profiler = cProfile.Profile() if profile else None
-        cpu0 = time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        asyncio.run(run())
-        if profiler is not None:
-            profiler.disable()
-        cpu = time.process_time() - cpu0
+        cpu, profiler = cpu_of(in_batches(worker, events, 800), profile)
     label = " (under cProfile)" if profiler is not None else ""
     print(
         f"stream: {len(events):,} events, {cpu:.2f} s CPU, {1e6 * cpu / len(events):.0f} us "
@@ -154,9 +160,7 @@ def profile_stream(count: int, top: int, profile: bool) -> None:
         file=sys.__stdout__,
     )
     if profiler is not None:
-        buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(top)
-        print(buf.getvalue(), file=sys.__stdout__)
+        print_profile(profiler, ("tottime",), top)
 
 
 def digest(messages: Sequence[Any]) -> str:
@@ -206,14 +210,7 @@ def main() -> None:
 
         gc_started = [0.0]
         gc.callbacks.append(gc_clock)
-        profiler = None if args.no_profile else cProfile.Profile()
-        cpu0 = time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        asyncio.run(worker.process_batch(batch))
-        if profiler is not None:
-            profiler.disable()
-        cpu = time.process_time() - cpu0
+        cpu, profiler = cpu_of(worker.process_batch(batch), not args.no_profile)
         gc.callbacks.remove(gc_clock)
     sys.stderr = real_stderr
     log_file.close()
@@ -236,10 +233,7 @@ def main() -> None:
     if args.digest:
         print(f"digest: {digest(messages)}")
     if profiler is not None:
-        for sort in ("cumulative", "tottime"):
-            buf = io.StringIO()
-            pstats.Stats(profiler, stream=buf).sort_stats(sort).print_stats(args.top)
-            print(buf.getvalue())
+        print_profile(profiler, ("cumulative", "tottime"), args.top)
 
 
 if __name__ == "__main__":

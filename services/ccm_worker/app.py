@@ -688,7 +688,7 @@ class TallyWorker:
         so once per ``HEAP_FULL_COLLECTION_SECONDS`` everything is unfrozen and collected in
         full (one known pause, logged as ``heap_collected``) and frozen again.
         """
-        if self._collector_paused or not gc.isenabled():
+        if not gc.isenabled():
             return  # a close batch is in flight (see _pause_collector)
         now = time.monotonic()
         if now - self._heap_collected_at >= HEAP_FULL_COLLECTION_SECONDS:

@@ -354,8 +354,8 @@ async def _drain_messages(self: Consumer, fetcher: Any) -> None:
                 if reseek:
                     assigned = self.assignment()
                     for tp, number in reseek.items():
-                        seek_no, offset = marks.sought.get(tp, (0, -1))
-                        if seek_no == number and offset >= 0 and tp in assigned:
+                        seek_no, offset = marks.sought[tp]
+                        if seek_no == number and tp in assigned:  # not sought since
                             self.log.info("Seek %r to %r again (fetched during a seek)", tp, offset)
                             await self.seek(tp, offset)
                 unset_flag(CONSUMER_FETCHING)

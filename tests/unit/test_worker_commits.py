@@ -26,8 +26,13 @@ from ccm_worker.app import HEAP_FULL_COLLECTION_SECONDS, TallyWorker
 from tests.unit.test_faust_fixes import TOPIC, TP0, ack, committed_at
 
 
+def bare_worker(tmp_path: Path) -> TallyWorker:
+    """The worker as built for a run, without a broker (nothing here connects)."""
+    return TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+
+
 def worker(tmp_path: Path) -> tuple[TallyWorker, list[dict[Any, int]]]:
-    w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    w = bare_worker(tmp_path)
     committed: list[dict[Any, int]] = []
 
     async def record(offsets: dict[Any, int], start_new_transaction: bool = True) -> bool:
@@ -156,7 +161,7 @@ def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after
     (it walked the whole heap again and again for nothing), and on again once they are sent."""
 
     async def main() -> tuple[list[bool], bool]:
-        w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+        w = bare_worker(tmp_path)
         during: list[bool] = []
 
         async def send_all(out: Any, forwards: Any) -> None:  # the broker's part
@@ -187,7 +192,7 @@ def test_the_heap_is_frozen_each_monitor_tick_and_collected_in_full_every_hour(
     class Node:
         other: Any = None
 
-    w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    w = bare_worker(tmp_path)
     gc.unfreeze()
     try:
         w._freeze_heap()
@@ -216,7 +221,7 @@ def test_the_heap_is_frozen_each_monitor_tick_and_collected_in_full_every_hour(
 def test_recovered_ledgers_are_frozen_out_of_the_collectors_reach(tmp_path: Path) -> None:
     """A recovery builds every ledger of its partitions before the monitor's first tick: each
     applied changelog batch is frozen at once, or the collector walks them all again and again."""
-    w = TallyWorker(Settings(kafka_bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    w = bare_worker(tmp_path)
     gc.unfreeze()
     try:
         w.table.apply_changelog_batch([])

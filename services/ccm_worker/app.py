@@ -2,8 +2,9 @@
 to the pure core (no billing logic here).
 
 - **Agent** ``tally`` over the time-log and month-close topics (and any further input topic
-  in :func:`input_topics`), batched with ``take_events``. Each input is decoded and applied
-  through :func:`ccm_core.ingest.process`, the function ``ccm-tally replay`` uses too.
+  in :func:`input_topics`), in batches of what is ready (:mod:`.batching`). Each input is
+  decoded and applied through :func:`ccm_core.ingest.process`, the function ``ccm-tally
+  replay`` uses too.
 - **Table** ``ledgers``: one :class:`~ccm_core.tally.PatientLedger` per patient id, in faust's
   store, with its compacted changelog ``<app id>-ledgers-changelog`` (values in the core's
   ledger codec). faust recovers it on every assignment (``read_committed``).
@@ -100,6 +101,7 @@ from ccm_core.tally import (  # noqa: E402
 
 from . import http_auth, kafka_security  # noqa: E402
 from . import store as ledger_store  # noqa: E402
+from .batching import take_ready  # noqa: E402
 from .exits import BATCH_FAILED, FENCED, STALLED  # noqa: E402
 from .routing import advertised_url  # noqa: E402
 
@@ -332,7 +334,7 @@ class TallyWorker:
         s = self.settings
         self._guard_commits()
         uncommitted_since: float | None = None
-        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_seconds):
+        async for events in take_ready(stream, s.batch_max_events, s.batch_within_seconds):
             try:
                 async with self._batch_lock:
                     await self.process_batch(events)
@@ -359,8 +361,8 @@ class TallyWorker:
                 log.error("producer_fenced_exiting", error=str(exc))
                 os._exit(FENCED)
             except BaseException as exc:
-                # take_events acks a batch even when its body fails: an unfinished batch must
-                # never be committed. Fail-stop: exit now; a fresh worker replays the batch.
+                # An unfinished batch must never be committed (some of its events may be
+                # acked already). Fail-stop: exit now; a fresh worker replays the batch.
                 log.critical("batch_failed_exiting", error=repr(exc), events=len(events))
                 os._exit(BATCH_FAILED)
 

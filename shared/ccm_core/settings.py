@@ -94,9 +94,10 @@ class Settings(BaseSettings):
         description="rocksdb store: standby copies of each table partition on other workers "
         "(faust's table_standby_replicas), so a failover reads only the gap.",
     )
-    batch_within_seconds: Annotated[float, Field(gt=0)] = Field(
-        default=0.02,
-        description="Longest wait to fill a batch before processing what arrived.",
+    batch_within_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="When the input fetched so far is taken and a batch is not full, wait "
+        "this long once more for input before processing it (0: process what is ready).",
     )
     commit_max_seconds: Annotated[float, Field(ge=0)] = Field(
         default=0.25,

@@ -228,3 +228,34 @@ def test_recovered_ledgers_are_frozen_out_of_the_collectors_reach(tmp_path: Path
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+
+def test_a_batch_cycles_record_batches_are_sent_without_lingering() -> None:
+    """aiokafka sends an open record batch only after ``linger_ms``; the worker's batches are
+    complete when submitted, so each is closed: ready to send at once, never appended to."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from ccm_worker.app import _send_batches
+
+    async def scenario() -> dict[tuple[str, int], tuple[int, float | None]]:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=2)
+        queued = producer._message_accumulator
+
+        class Submit:  # send_batch without a broker: the batch goes into aiokafka's queue
+            create_batch = producer.create_batch
+
+            async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+                return await queued.add_batch(batch, TopicPartition(topic, partition), 1.0)
+
+        messages = [("out", p % 2, b"k", b"v" * 10, None) for p in range(5)]
+        await _send_batches(Submit(), messages)
+        lingering = {
+            (tp.topic, tp.partition): (b.record_count, b.remaining_linger())
+            for tp, pending in queued._batches.items()
+            for b in pending
+        }
+        await producer.stop()
+        return lingering
+
+    assert run(scenario()) == {("out", 0): (3, None), ("out", 1): (2, None)}

@@ -230,7 +230,6 @@ def test_recovered_ledgers_are_frozen_out_of_the_collectors_reach(tmp_path: Path
         gc.unfreeze()
 
 
-
 def test_a_batch_cycles_record_batches_are_sent_without_lingering() -> None:
     """aiokafka sends an open record batch only after ``linger_ms``; the worker's batches are
     complete when submitted, so each is closed: ready to send at once, never appended to."""

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import time
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from faust.types import TP
 
 from ccm_core.contracts import MonthCloseCommand
 from ccm_core.settings import Settings
-from ccm_worker.app import HEAP_FULL_COLLECTION_SECONDS, TallyWorker
+from ccm_worker.app import COLLECTOR_OFF_EVENTS, HEAP_FULL_COLLECTION_SECONDS, TallyWorker
 from tests.unit.test_faust_fixes import TOPIC, TP0, ack, committed_at
 
 
@@ -154,13 +155,13 @@ def test_the_recovery_probe_stops_quietly_when_the_worker_stops(tmp_path: Path) 
     assert [e for e in logs if e.get("log_level") == "error"] == []
 
 
-def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after(
-    tmp_path: Path,
-) -> None:
-    """A close's outputs live until the batch is sent: the cyclic collector is off meanwhile
-    (it walked the whole heap again and again for nothing), and on again once they are sent."""
+def collector_during_sends(
+    tmp_path: Path, batch: Callable[[TallyWorker], list[Any]]
+) -> tuple[list[bool], bool, int]:
+    """Process ``batch`` on a broker-less worker: whether the cyclic collector was on while
+    its outputs were sent, whether it is on after, and how many objects are frozen after."""
 
-    async def main() -> tuple[list[bool], bool]:
+    async def main() -> tuple[list[bool], bool, int]:
         w = bare_worker(tmp_path)
         during: list[bool] = []
 
@@ -168,6 +169,35 @@ def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after
             during.append(gc.isenabled())
 
         w._send_all = send_all  # type: ignore[method-assign]
+        gc.unfreeze()
+        await w.process_batch(batch(w))
+        return during, gc.isenabled(), gc.get_freeze_count()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        gc.unfreeze()
+
+
+def input_events(w: TallyWorker, count: int) -> list[Any]:
+    return [
+        SimpleNamespace(
+            message=SimpleNamespace(
+                topic=w.inputs[0], partition=0, offset=i, tp=TP(w.inputs[0], 0), key=b"p1",
+                value=b"{}", timestamp=time.time(), headers=[],
+            )
+        )
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after(
+    tmp_path: Path,
+) -> None:
+    """A close's outputs live until the batch is sent: the cyclic collector is off meanwhile
+    (it walked the whole heap again and again for nothing), and on again once they are sent."""
+
+    def close(w: TallyWorker) -> list[Any]:
         command = MonthCloseCommand(
             command_id="c1", mode="due", as_of=datetime.now(UTC), requested_by="test"
         )
@@ -175,11 +205,19 @@ def test_the_collector_is_off_while_a_close_batch_is_built_and_sent_and_on_after
             topic=w.control, partition=0, offset=0, tp=TP(w.control, 0), key=None,
             value=command.model_dump_json().encode(), timestamp=time.time(), headers=[],
         )  # fmt: skip
-        await w.process_batch([SimpleNamespace(message=msg)])
-        return during, gc.isenabled()
+        return [SimpleNamespace(message=msg)]
 
     assert gc.isenabled()
-    assert run(main()) == ([False], True)
+    assert collector_during_sends(tmp_path, close)[:2] == ([False], True)
+
+
+def test_the_collector_is_off_while_a_backlog_batch_is_built_and_sent_and_on_after(
+    tmp_path: Path,
+) -> None:
+    backlog = collector_during_sends(tmp_path, lambda w: input_events(w, COLLECTOR_OFF_EVENTS))
+    assert backlog[:2] == ([False], True)
+    quiet = collector_during_sends(tmp_path, lambda w: input_events(w, 10))
+    assert quiet[:2] == ([True], True)  # a batch at a quiet time keeps the collector on
 
 
 def test_the_heap_is_frozen_each_monitor_tick_and_collected_in_full_every_hour(
@@ -228,6 +266,14 @@ def test_recovered_ledgers_are_frozen_out_of_the_collectors_reach(tmp_path: Path
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_what_a_batch_leaves_behind_is_frozen_out_of_the_collectors_reach(
+    tmp_path: Path,
+) -> None:
+    """In a backlog the table grows by thousands of ledgers a second: each batch's survivors
+    are frozen when it ends, or full collections walk them all again before the next tick."""
+    assert collector_during_sends(tmp_path, lambda w: input_events(w, 1))[2] > 0
 
 
 def test_a_batch_cycles_record_batches_are_sent_without_lingering() -> None:

@@ -16,8 +16,9 @@ once more for input before a batch that is not full is handed out.
 
 Unlike take_events, the events of a batch are never acked here: the agent acks them once the
 batch's outputs are on the broker (take_events also acked a batch whose processing failed).
-A batch is always handed out without waiting for further input, so no event is held while a
-rebalance waits for the streams to finish theirs (``stream_wait_empty``).
+A batch is handed out without waiting for further input, and a buffer that stops growing is
+handed out within 40 ms (see :data:`STUCK_SECONDS`), so no event is held while a rebalance
+waits for the streams to finish theirs (``stream_wait_empty``).
 
 Written here rather than upstream because faust has no "take what is ready"; it uses the same
 stream internals take_events uses (``add_processor``, ``_enable_passive``,
@@ -31,6 +32,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mode.utils.futures import notify
+
+# A buffer that stopped growing without the queue running dry is handed out after this long:
+# the events queued behind its last one were skipped by the stream (a rebalance suspended the
+# flow, or they are from an earlier generation), so no ``add`` comes to say it is ready, and
+# a rebalance waits for the buffered events to be acked (``stream_wait_empty``).
+STUCK_SECONDS = 0.02
 
 
 def take_ready(stream: Any, max_: int, linger: float = 0.0) -> AsyncIterator[list[Any]]:
@@ -70,14 +77,19 @@ async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncIterator[li
     stream.enable_acks = False  # the agent acks each event once its batch is processed
     stream.add_processor(add)
     stream._enable_passive(aiter(stream.channel))
+    held = 0  # events buffered at the last look
     try:
         while not stream.should_stop:
-            await stream.wait_for_stopped(ready)
+            await stream.wait_for_stopped(ready, timeout=STUCK_SECONDS)
+            if not ready.is_set() and (not events or len(events) != held):
+                held = len(events)  # nothing, or still filling: look again
+                continue
             if linger and len(events) < max_:
                 await asyncio.sleep(linger)
             if not events:
                 ready.clear()
                 continue
+            held = 0
             consuming = asyncio.get_running_loop().create_future()
             batch = list(events)
             events.clear()

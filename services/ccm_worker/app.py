@@ -200,9 +200,9 @@ class LedgerTable(faust.Table[str, PatientLedger]):
 RECORD_BATCH_BYTES = 256 * 1024
 """Size of the record batches the worker's producers fill (see ``producer_max_batch_size``)."""
 HEAP_FULL_COLLECTION_SECONDS = 3600.0
-# a batch this large (a backlog) runs with the cyclic collector off, as a close does
-COLLECTOR_OFF_EVENTS = 1000
 """How often the frozen heap is collected in full (see ``TallyWorker._freeze_heap``)."""
+COLLECTOR_OFF_EVENTS = 1000
+"""A batch this large (a backlog) runs with the cyclic collector off, as a close does."""
 
 
 class FencedError(Exception):

@@ -64,15 +64,6 @@ Each fix replaces the smallest method that carries the bug; the originals stay i
     a re-delivery (the new generation seeks back to the committed offset and fetches it
     again). Upstream: the generation check added to ``Stream`` in faust-streaming; same class
     as #216 / PR #217.
-
-Not a fix, a cost: faust's fetch loop hands each record over with ``wait_first(callback(msg),
-suspend_flow.wait())``, four tasks and an ``asyncio.wait`` per record (about 35 us, a quarter
-of the worker's CPU per event in a py-spy profile of ``benchmarks/bench_stream.py``). The loop
-here (``_drain_messages``) first runs the hand-over up to its first suspension, as Python
-3.12's eager tasks do; almost always it finishes there (the record is in the stream's buffer).
-Only a hand-over that has to wait (a full buffer, the flow control) goes through faust's
-``wait_first``, with the same outcome as before: given up, and the record not marked read,
-when the flow is suspended meanwhile.
 """
 
 from __future__ import annotations
@@ -296,53 +287,6 @@ async def _seek_wait(self: Any, partitions: Mapping[TP, int]) -> None:
     await ORIGINALS[ThreadDelegateConsumer, "seek_wait"](self, partitions)
 
 
-_FINISHED: Any = object()
-
-
-def _run_until_suspended(coro: Any) -> Any:
-    """Run a coroutine up to its first suspension; :data:`_FINISHED` if it ran to its end.
-
-    What it suspended on (what it yielded) is returned otherwise, for :func:`_finish`. This is
-    Python 3.12's eager task start (``asyncio.eager_task_factory``), for one coroutine.
-    """
-    try:
-        return coro.send(None)
-    except StopIteration:
-        return _FINISHED
-
-
-class _Continue:
-    """Await the rest of a coroutine that :func:`_run_until_suspended` started."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Any, yielded: Any) -> None:
-        self._coro, self._yielded = coro, yielded
-
-    def __await__(self) -> Any:
-        coro, yielded = self._coro, self._yielded
-        while True:
-            try:
-                sent = yield yielded  # to the task: the future the coroutine waits on
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # a cancellation (or any throw) goes into it
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def _finish(coro: Any, yielded: Any) -> Any:
-    return await _Continue(coro, yielded)
-
-
 async def _drain_messages(self: Consumer, fetcher: Any) -> None:
     """faust's fetch loop with the read-offset and gap bookkeeping corrected (see module doc)."""
     callback = self.callback
@@ -398,15 +342,10 @@ async def _drain_messages(self: Consumer, fetcher: Any) -> None:
                         self._n_acked = 0
                         await self.commit()
                     handover = callback(message)
-                    suspended_at = _run_until_suspended(handover)
-                    if suspended_at is not _FINISHED:
-                        # the hand-over waits (a full stream buffer, the flow control):
-                        # faust's wait, which gives up when the flow is suspended meanwhile
-                        handing = asyncio.ensure_future(_finish(handover, suspended_at))
-                        waited = await self.wait_first(handing, self.suspend_flow.wait())
-                        if handing not in waited.done:
-                            finished = False
-                            break  # flow suspended: not handed over, it is fetched again
+                    waited = await self.wait_first(handover, self.suspend_flow.wait())
+                    if handover not in waited.done:
+                        finished = False
+                        break  # flow suspended: not handed over, it is fetched again
                     read_offset[tp] = offset
                     if acked_topic:
                         marks.delivered(tp, offset)

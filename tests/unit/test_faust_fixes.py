@@ -93,14 +93,11 @@ def committed_at(consumer: Any, offset: int | None) -> None:
 
 
 async def drain_batch(
-    consumer: Any,
-    batch: Callable[[], AsyncIterator[tuple[TP, ConsumerMessage]]],
-    wait: Callable[[ConsumerMessage], Awaitable[None]] | None = None,
+    consumer: Any, batch: Callable[[], AsyncIterator[tuple[TP, ConsumerMessage]]]
 ) -> tuple[list[tuple[TP, int]], list[tuple[TP, int]]]:
     """Run faust's fetch loop over one fetch (``batch``: faust's ``getmany`` generator, whose
     code before its first ``yield`` is the time the fetch is under way). Returns what was
-    handed to the streams and the seeks that reached aiokafka. ``wait``: what the hand-over of
-    a message waits for after it is in the buffer (a yield to the loop by default)."""
+    handed to the streams and the seeks that reached aiokafka."""
     app = consumer.app
     fetcher = Fetcher(app)
     handed: list[tuple[TP, int]] = []
@@ -118,7 +115,7 @@ async def drain_batch(
 
     async def deliver(msg: ConsumerMessage) -> None:
         handed.append((msg.tp, msg.offset))
-        await (wait(msg) if wait is not None else asyncio.sleep(0))
+        await asyncio.sleep(0)
 
     async def seek(tp: TP, offset: int) -> None:
         seeks.append((tp, offset))
@@ -459,107 +456,6 @@ def test_records_fetched_after_a_seek_are_handed_over() -> None:
         return handed
 
     assert run(scenario) == [(TP0, 5), (TP0, 6)]
-
-
-# --- the hand-over (faust's per-record wait, without a task per record) -----------------------
-def test_records_handed_over_without_waiting_are_all_read_in_order() -> None:
-    async def scenario() -> tuple[list[tuple[TP, int]], int | None]:
-        app = new_app()
-        consumer = new_consumer(app)
-        committed_at(consumer, 5)
-
-        async def no_wait(msg: ConsumerMessage) -> None:
-            pass
-
-        gen = app.consumer_generation_id
-
-        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
-            for offset in range(5, 305):  # past the loop's yield every 100 records
-                yield TP0, message(offset, gen)
-
-        handed, _ = await drain_batch(consumer, batch, no_wait)
-        return handed, consumer._read_offset[TP0]
-
-    handed, read = run(scenario)
-    assert handed == [(TP0, offset) for offset in range(5, 305)]
-    assert read == 304
-
-
-def test_a_hand_over_still_waiting_when_the_flow_stops_is_not_read() -> None:
-    """A full stream buffer makes the hand-over wait; a rebalance suspends the flow meanwhile:
-    the record is not marked read (the next generation fetches it again), the wait is
-    cancelled, and nothing after it in the fetch is handed over."""
-
-    async def scenario() -> tuple[list[tuple[TP, int]], int | None, list[str]]:
-        app = new_app()
-        consumer = new_consumer(app)
-        committed_at(consumer, 5)
-        ends: list[str] = []
-        buffer_drained = asyncio.Event()  # never: the agent is stuck in a rebalance
-
-        async def wait(msg: ConsumerMessage) -> None:
-            if msg.offset == 6:
-                try:
-                    asyncio.get_running_loop().call_later(0.05, consumer.suspend_flow.set)
-                    await buffer_drained.wait()
-                    ends.append("drained")
-                except asyncio.CancelledError:
-                    ends.append("cancelled")
-                    raise
-
-        gen = app.consumer_generation_id
-
-        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
-            for offset in (5, 6, 7):
-                yield TP0, message(offset, gen)
-
-        handed, _ = await drain_batch(consumer, batch, wait)
-        await asyncio.sleep(0)  # let the cancelled hand-over run its handler
-        return handed, consumer._read_offset[TP0], ends
-
-    handed, read, ends = run(scenario)
-    assert handed == [(TP0, 5), (TP0, 6)]
-    assert read == 5
-    assert ends == ["cancelled"]
-
-
-def test_a_hand_over_that_waits_then_finishes_is_read() -> None:
-    async def scenario() -> tuple[list[tuple[TP, int]], int | None]:
-        app = new_app()
-        consumer = new_consumer(app)
-        committed_at(consumer, 5)
-
-        async def wait(msg: ConsumerMessage) -> None:
-            await asyncio.sleep(0.01)  # the agent takes a batch out of the full buffer
-
-        gen = app.consumer_generation_id
-
-        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
-            for offset in (5, 6):
-                yield TP0, message(offset, gen)
-
-        handed, _ = await drain_batch(consumer, batch, wait)
-        return handed, consumer._read_offset[TP0]
-
-    assert run(scenario) == ([(TP0, 5), (TP0, 6)], 6)
-
-
-def test_a_hand_over_that_fails_fails_the_fetch_loop() -> None:
-    async def scenario() -> None:
-        app = new_app()
-        consumer = new_consumer(app)
-        committed_at(consumer, 5)
-
-        async def wait(msg: ConsumerMessage) -> None:
-            raise ValueError("decode")
-
-        async def batch() -> AsyncIterator[tuple[TP, ConsumerMessage]]:
-            yield TP0, message(5, app.consumer_generation_id)
-
-        await drain_batch(consumer, batch, wait)
-
-    with pytest.raises(ValueError, match="decode"):
-        run(scenario)
 
 
 # --- stale_ack ---------------------------------------------------------------------------------
